@@ -110,6 +110,7 @@ class MultiHeadAttention(nn.Module):
         rope: RoPE | None = None,
         qk_norm: bool = False,
         norm_eps: float = 1e-5,
+        qkv_bias: bool = False,
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -118,9 +119,10 @@ class MultiHeadAttention(nn.Module):
         if n_kv_heads < 1 or n_heads % n_kv_heads:
             raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads} (each kv head serves a whole group)")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dims // n_heads
-        self.q_proj = nn.Linear(dims, n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(dims, n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(dims, n_kv_heads * self.head_dim, bias=bias)
+        qkv_bias = bias or qkv_bias  # Qwen2 has biases on q, k, v only
+        self.q_proj = nn.Linear(dims, n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dims, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dims, n_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, dims, bias=bias)
         self.rope = rope
         if qk_norm:

@@ -97,12 +97,14 @@ class TransformerBlock(nn.Module):
         parallel: bool = False,
         qk_norm: bool = False,
         dropout: float = 0.0,
+        qkv_bias: bool = False,
     ):
         super().__init__()
         if parallel and not pre_norm:
             raise ValueError("a parallel block needs pre_norm=True (both branches read the same normed input)")
         self.attention_norm = make_norm(norm, dims, norm_eps, bias)
-        self.attention = MultiHeadAttention(dims, n_heads, n_kv_heads, bias=bias, rope=rope, qk_norm=qk_norm, norm_eps=norm_eps)
+        self.attention = MultiHeadAttention(dims, n_heads, n_kv_heads, bias=bias, rope=rope, qk_norm=qk_norm, norm_eps=norm_eps,
+                                            qkv_bias=qkv_bias)
         if not parallel:
             self.ffn_norm = make_norm(norm, dims, norm_eps, bias)
         self.ffn = make_ffn(activation, dims, ffn_dims, bias)

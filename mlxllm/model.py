@@ -38,6 +38,7 @@ class ModelConfig:
     position: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     activation: str = "gelu_tanh"  # "gelu" | "gelu_tanh" | "relu" | "swiglu"
     bias: bool = True
+    qkv_bias: bool = False  # biases on q, k, v even when bias=False (Qwen2)
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     rope_traditional: bool = False  # False: rotate-half (Hugging Face); True: adjacent pairs (Meta)
@@ -127,7 +128,7 @@ class TransformerLM(nn.Module):
             TransformerBlock(
                 c.dims, c.n_heads, c.n_kv_heads, c.ffn_dims, norm=c.norm, activation=c.activation, bias=c.bias,
                 rope=rope, norm_eps=c.norm_eps, pre_norm=c.pre_norm, parallel=c.parallel_block,
-                qk_norm=c.qk_norm, dropout=c.dropout,
+                qk_norm=c.qk_norm, dropout=c.dropout, qkv_bias=c.qkv_bias,
             )
             for _ in range(c.n_layers)
         ]
