@@ -11,4 +11,4 @@ from mlxllm.attention import KVCache, MultiHeadAttention, attention_reference, c
 from mlxllm.block import MLP, SwiGLU, TransformerBlock, make_ffn, make_norm
 from mlxllm.embedding import LearnedPositions, RoPE, SinusoidalPositions, sinusoidal_table
 from mlxllm.model import ModelConfig, TransformerLM
-from mlxllm.prediction import bits_per_byte, cross_entropy, generate, probabilities, sample, stream_text
+from mlxllm.prediction import bits_per_byte, cross_entropy, generate, probabilities, sample, sampling_logits, stream_text

@@ -52,6 +52,40 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, 
         raise ValueError(f"min_p must be in [0, 1], got {min_p}")
 
 
+def sampling_logits(
+    logits: mx.array,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> mx.array:
+    """The logits ``sample`` draws from: divided by the temperature, dropped tokens set to −inf.
+
+    Order: temperature, then keep the top_k most likely, then the smallest set of most likely tokens
+    whose probability reaches top_p, then drop tokens below min_p × the most likely one's probability.
+    ``softmax`` of the result is the distribution plotted in Chapter 5. Needs temperature > 0.
+    """
+    _check_sampling(temperature, top_k, top_p, min_p)
+    if temperature == 0:
+        raise ValueError("temperature 0 is greedy decoding (argmax), which has no distribution to return")
+    logits = logits.astype(mx.float32) / temperature  # (..., V)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = mx.sort(logits, axis=-1)[..., -top_k, None]  # (..., 1)
+        logits = mx.where(logits >= kth_largest, logits, -mx.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits = mx.sort(logits, axis=-1)[..., ::-1]  # most likely first
+        sorted_probs = mx.softmax(sorted_logits, axis=-1)
+        # keep a token while the tokens before it have not yet reached top_p (the first is always kept)
+        n_keep = ((mx.cumsum(sorted_probs, axis=-1) - sorted_probs) < top_p).sum(axis=-1, keepdims=True)
+        threshold = mx.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # the least likely kept logit
+        logits = mx.where(logits >= threshold, logits, -mx.inf)
+    if min_p is not None and min_p > 0.0:
+        log_threshold = logits.max(axis=-1, keepdims=True) + math.log(min_p)
+        logits = mx.where(logits >= log_threshold, logits, -mx.inf)
+    return logits
+
+
 def sample(
     logits: mx.array,
     *,
@@ -63,27 +97,13 @@ def sample(
 ) -> mx.array:
     """Draw one token id per row of (B, V) logits (or (V,) → scalar). Built in Chapter 5.
 
-    Order: temperature, then keep the top_k most likely, then the smallest set whose probability
-    reaches top_p, then drop tokens below min_p × the most likely one; sample from what remains.
-    Temperature 0 is greedy (argmax). Pass ``key`` (``mx.random.key(seed)``) for reproducible draws.
+    Temperature 0 is greedy (argmax); otherwise the draw is from ``softmax(sampling_logits(...))``.
+    Pass ``key`` (``mx.random.key(seed)``) for reproducible draws.
     """
     _check_sampling(temperature, top_k, top_p, min_p)
     if temperature == 0:
         return mx.argmax(logits, axis=-1)
-    logits = logits.astype(mx.float32) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = mx.sort(logits, axis=-1)[..., -top_k, None]
-        logits = mx.where(logits >= kth_largest, logits, -mx.inf)
-    if top_p is not None and top_p < 1.0:
-        order = mx.argsort(-logits, axis=-1)  # most likely first
-        sorted_probs = mx.take_along_axis(mx.softmax(logits, axis=-1), order, axis=-1)
-        # keep a token if the tokens before it have not yet reached top_p (so the first is always kept)
-        keep_sorted = (mx.cumsum(sorted_probs, axis=-1) - sorted_probs) < top_p
-        keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
-        logits = mx.where(keep, logits, -mx.inf)
-    if min_p is not None and min_p > 0.0:
-        log_threshold = logits.max(axis=-1, keepdims=True) + math.log(min_p)
-        logits = mx.where(logits >= log_threshold, logits, -mx.inf)
+    logits = sampling_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     return mx.random.categorical(logits, axis=-1, key=key)
 
 
