@@ -16,6 +16,12 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
+def _check_span(length: int, offset: int, context_length: int) -> None:
+    if offset + length > context_length:
+        raise ValueError(f"positions {offset}..{offset + length - 1} are past the table's context_length="
+                         f"{context_length}; use a shorter input or a larger context_length")
+
+
 def sinusoidal_table(context_length: int, dims: int, base: float = 10000.0) -> mx.array:
     """The (T, C) table PE[t, 2i] = sin(t / base^(2i/C)), PE[t, 2i+1] = cos(same). Built in Chapter 2."""
     if dims % 2:
@@ -35,6 +41,7 @@ class LearnedPositions(nn.Module):
         self.weight = mx.random.normal((context_length, dims)) * 0.02
 
     def __call__(self, length: int, offset: int = 0) -> mx.array:
+        _check_span(length, offset, self.weight.shape[0])
         return self.weight[offset : offset + length]  # (T, C)
 
 
@@ -46,6 +53,7 @@ class SinusoidalPositions(nn.Module):
         self._table = sinusoidal_table(context_length, dims, base)  # leading "_": not a parameter
 
     def __call__(self, length: int, offset: int = 0) -> mx.array:
+        _check_span(length, offset, self._table.shape[0])
         return self._table[offset : offset + length]  # (T, C)
 
 
