@@ -157,6 +157,11 @@ class TransformerLM(nn.Module):
         return [KVCache() for _ in self.blocks]
 
     def __call__(self, ids: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+        """Next-token logits for every position: (B, T) ids → (B, T, V)."""
+        return self.logits(self.hidden_states(ids, cache))
+
+    def hidden_states(self, ids: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+        """The last T×C vectors (after the final norm), one per position: (B, T) ids → (B, T, C)."""
         if not isinstance(ids, mx.array) or ids.ndim != 2 or not mx.issubdtype(ids.dtype, mx.integer):
             got = f"{type(ids).__name__} {getattr(ids, 'shape', '')} {getattr(ids, 'dtype', '')}".strip()
             raise ValueError(f"ids must be an integer mx.array of shape (batch, tokens), got {got}; "
@@ -173,11 +178,17 @@ class TransformerLM(nn.Module):
         caches = cache if cache is not None else [None] * len(self.blocks)
         for block, layer_cache in zip(self.blocks, caches):
             x = block(x, "causal", layer_cache)  # (B, T, C)
-        x = self.norm(x)
+        return self.norm(x)
+
+    def logits(self, x: mx.array) -> mx.array:
+        """The LM head: (…, C) hidden states → (…, V) scores, one per vocabulary token.
+
+        Generation applies it to the last position only: a V×C matmul per prompt token saved.
+        """
         if self.config.tie_embeddings:
             logits = self.token_embedding.as_linear(x)  # x @ Wᵀ with the embedding matrix itself
         else:
-            logits = self.head(x)  # (B, T, V)
+            logits = self.head(x)  # (…, V)
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * mx.tanh(logits / cap)

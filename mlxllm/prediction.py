@@ -107,6 +107,9 @@ def sample(
     return mx.random.categorical(logits, axis=-1, key=key)
 
 
+_generation_stream = mx.new_thread_local_stream(mx.default_device())
+
+
 def generate(
     model: TransformerLM,
     prompt_ids: Iterable[int],
@@ -147,11 +150,13 @@ def generate(
 
     def step(ids: mx.array) -> mx.array:
         nonlocal key
-        logits = model(ids, cache=cache)[:, -1, :]  # only the last position predicts the next token
-        step_key = None
-        if key is not None:
-            key, step_key = mx.random.split(key)
-        return sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, key=step_key)
+        with mx.stream(_generation_stream):  # its own queue: other work on the default stream cannot delay it
+            # only the last position predicts the next token: apply the LM head there alone
+            logits = model.logits(model.hidden_states(ids, cache)[:, -1, :])  # (1, V)
+            step_key = None
+            if key is not None:
+                key, step_key = mx.random.split(key)
+            return sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, key=step_key)
 
     token = step(mx.array([prompt]))  # (1,)  prefill: the whole prompt in one call
     mx.async_eval(token)
