@@ -4,6 +4,9 @@
 1. the folder in `$MLXLLM_DATA_DIR` (a local copy, e.g. for offline CI), under its usual names;
 2. the user cache (`~/Library/Caches/mlxllm` on macOS, `$XDG_CACHE_HOME/mlxllm` or `~/.cache/mlxllm` elsewhere);
 3. a download into that cache (once; written to a temporary file, verified, then renamed into place).
+
+`tokenize_corpus(name_or_path, tokenizer)` turns a corpus into a cached id array, `split_ids` cuts it
+into train/validation, and `get_batch` draws seeded (inputs, targets) windows (Chapter 6).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -136,3 +142,83 @@ def get_path(name: str) -> Path:
             f"({entry.size:,} bytes) yourself and save it as {where}, or set MLXLLM_DATA_DIR to a folder "
             f"that contains {entry.filename}."
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenized corpora and random batches. Built in Chapter 6, Training.
+
+
+def corpus_path(source: str | Path) -> Path:
+    """A named corpus (``"tinyshakespeare"``) or the path of any UTF-8 text file."""
+    if isinstance(source, str) and source in CORPORA:
+        return get_path(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"unknown corpus {str(source)!r}: not a named corpus ({', '.join(sorted(CORPORA))}) "
+                         "and not an existing text file")
+    return path
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what ``tokenizer.save`` writes: two tokenizers that save alike encode alike."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save(Path(folder) / "tokenizer")
+        digest = hashlib.sha256()
+        for path in sorted(Path(folder).iterdir()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Encode a whole corpus; special tokens written in it (``<|endoftext|>``) become their ids."""
+    if getattr(tokenizer, "special_tokens", None):
+        return tokenizer.encode(text, allowed_special="all")
+    return tokenizer.encode(text)
+
+
+def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True) -> np.ndarray:
+    """All token ids of a corpus as a 1-D uint16 (vocab ≤ 65,536) or uint32 array, cached on disk.
+
+    The cache file ``<cache_dir>/tokens/<name>-<corpus sha256>-<tokenizer sha256>.npy`` is keyed by the
+    corpus bytes and the tokenizer, so a changed file or a retrained tokenizer never reuses stale ids.
+    """
+    path = corpus_path(source)
+    key = f"{sha256_of(path)[:16]}-{tokenizer_fingerprint(tokenizer)[:16]}"
+    cached = cache_dir() / "tokens" / f"{path.stem}-{key}.npy"
+    if cache and cached.is_file():
+        return np.load(cached)
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    ids = np.array(encode_text(tokenizer, path.read_text(encoding="utf-8")), dtype=dtype)
+    if cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cached.parent, suffix=".npy")  # write, then rename into place
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, ids)
+        os.replace(tmp_name, cached)
+    return ids
+
+
+def split_ids(ids: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation split: the first (1 − val_fraction) of the tokens train, the rest validate.
+
+    A contiguous tail (as nanoGPT's prepare.py does) keeps validation text unseen, never interleaved
+    with training windows; for tinyshakespeare it is the last ~10% of the plays.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_train = int(len(ids) * (1.0 - val_fraction))
+    return ids[:n_train], ids[n_train:]
+
+
+def get_batch(ids: mx.array, batch_size: int, context: int, key: mx.array) -> tuple[mx.array, mx.array]:
+    """``batch_size`` random windows of ``context`` tokens, and the same windows shifted by one.
+
+    inputs[b, t] = ids[s_b + t] and targets[b, t] = ids[s_b + t + 1] (the next token), with start
+    offsets s_b drawn uniformly from ``key``: the same key gives the same batch. Both (B, T) int32.
+    """
+    if len(ids) < context + 1:
+        raise ValueError(f"{len(ids)} tokens are too few for windows of context {context} (+1 target); "
+                         "use a smaller context or a larger corpus")
+    starts = mx.random.randint(0, len(ids) - context, (batch_size,), key=key)  # (B,)
+    windows = ids[starts[:, None] + mx.arange(context + 1)].astype(mx.int32)  # (B, T + 1)
+    return windows[:, :-1], windows[:, 1:]
