@@ -25,19 +25,26 @@ def causal_mask(n_queries: int, n_keys: int | None = None) -> mx.array:
     return key_pos <= query_pos
 
 
-def attention_reference(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None) -> mx.array:
+def attention_reference(q: mx.array, k: mx.array, v: mx.array, mask: str | mx.array | None = None) -> mx.array:
     """Plain scaled dot-product attention, written out step by step. Built in Chapter 3.
 
     q: (B, H, T_q, D); k, v: (B, H_kv, T_k, D) with H a multiple of H_kv (grouped-query attention
-    shares each key/value head among H / H_kv query heads); mask: boolean, True = may attend.
+    shares each key/value head among H / H_kv query heads). mask: as for the fused kernel, "causal",
+    a boolean array (True = may attend) or an additive float array.
     """
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"the only mask name is 'causal', got {mask!r}")
+        mask = causal_mask(q.shape[2], k.shape[2])
     n_heads, n_kv_heads = q.shape[1], k.shape[1]
     if n_heads != n_kv_heads:  # give every query head its own copy of its group's k and v
         k = mx.repeat(k, n_heads // n_kv_heads, axis=1)
         v = mx.repeat(v, n_heads // n_kv_heads, axis=1)
     scores = (q @ k.swapaxes(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T_q, T_k)
-    if mask is not None:
+    if mask is not None and mask.dtype == mx.bool_:
         scores = mx.where(mask, scores, -mx.inf)
+    elif mask is not None:
+        scores = scores + mask  # additive: 0 = attend, -inf (or very negative) = blocked
     weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)  # each row sums to 1
     return weights @ v  # (B, H, T_q, D)
 

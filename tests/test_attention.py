@@ -55,6 +55,17 @@ def test_reference_equals_fused(H_kv, T_q, T_k):
         assert mx.abs(unmasked - reference).max().item() > 1e-2  # the mask matters
 
 
+def test_reference_accepts_the_fused_kernels_mask_forms():
+    q, k, v = qkv(T=3, T_k=7)
+    boolean = attention_reference(q, k, v, causal_mask(3, 7))
+    assert mx.array_equal(attention_reference(q, k, v, "causal"), boolean)
+    additive = mx.where(causal_mask(3, 7), 0.0, -mx.inf)
+    assert mx.allclose(attention_reference(q, k, v, additive), boolean, atol=1e-6)
+    assert mx.abs(attention_reference(q, k, v, additive) - scaled_dot_product_attention(q, k, v, additive)).max().item() < FLOAT32_ATOL
+    with pytest.raises(ValueError, match="causal"):
+        attention_reference(q, k, v, "sliding")
+
+
 def test_reference_causality():
     q, k, v = qkv(T=8)
     out = attention_reference(q, k, v, causal_mask(8))
