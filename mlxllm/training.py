@@ -258,8 +258,8 @@ def save_tokenizer(tokenizer, folder: Path) -> dict:
     if isinstance(tokenizer, CharTokenizer):
         tokenizer.save(folder / "tokenizer.json")
         return {"kind": "char", "file": "tokenizer.json"}
-    tokenizer.save(folder / "tokenizer")
-    return {"kind": "bpe", "file": "tokenizer"}
+    tokenizer.save(folder / "tokenizer.txt")
+    return {"kind": "bpe", "file": "tokenizer.txt"}
 
 
 def load_tokenizer(folder: Path, entry: dict):
