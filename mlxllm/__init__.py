@@ -12,3 +12,4 @@ from mlxllm.block import MLP, SwiGLU, TransformerBlock, make_ffn, make_norm
 from mlxllm.embedding import LearnedPositions, RoPE, SinusoidalPositions, sinusoidal_table
 from mlxllm.model import ModelConfig, TransformerLM
 from mlxllm.prediction import bits_per_byte, cross_entropy, generate, probabilities, sample, sampling_logits, stream_text
+from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer

@@ -1,0 +1,223 @@
+"""Tokenizer files: our own versioned text format, GPT-2's two files, tiktoken rank files.
+
+Built in Chapter 1, Tokenization. Our format is one UTF-8 text file, readable in an editor:
+
+    mlxllm-tokenizer v1
+    pattern	"<the split pattern as a JSON string>"
+    bytes	256
+    <byte value>	<token id>	<the byte, escaped>          (256 lines)
+    merges	<n>
+    <new id>	<left id>	<right id>	<left bytes, escaped>	<right bytes, escaped>
+    specials	<m>
+    <token id>	"<the special token as a JSON string>"
+    end
+
+Fields are separated by tabs; bytes are escaped like Python bytes literals (\\n, \\t, \\xe2, ...),
+so a tab or a newline inside a token cannot break a line.
+"""
+
+import base64
+import codecs
+import gzip
+import json
+from pathlib import Path
+
+MAGIC = "mlxllm-tokenizer"
+VERSION = 1
+
+
+def escape(token: bytes) -> str:
+    """Bytes as printable ASCII, like the inside of a Python bytes literal."""
+    return codecs.escape_encode(token)[0].decode("ascii")
+
+
+def unescape(text: str) -> bytes:
+    return codecs.escape_decode(text.encode("ascii"))[0]
+
+
+def show(token: bytes) -> str:
+    """A token for people: its UTF-8 text with control characters escaped (bad bytes as \\xNN)."""
+    text = token.decode("utf-8", errors="backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
+
+
+def write_tokenizer(path, pattern, byte_ids, merges, special_tokens, vocab) -> None:
+    lines = [f"{MAGIC} v{VERSION}", f"pattern\t{json.dumps(pattern)}", "bytes\t256"]
+    lines += [f"{b}\t{token_id}\t{escape(bytes([b]))}" for b, token_id in enumerate(byte_ids)]
+    lines.append(f"merges\t{len(merges)}")
+    for a, b, new in merges:
+        lines.append(f"{new}\t{a}\t{b}\t{escape(vocab[a])}\t{escape(vocab[b])}")
+    lines.append(f"specials\t{len(special_tokens)}")
+    lines += [f"{token_id}\t{json.dumps(token)}" for token, token_id in special_tokens.items()]
+    lines.append("end")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class _Lines:
+    """Reads a tokenizer file line by line, turning every problem into a ValueError with a place."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            text = Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not an mlxllm tokenizer file (it is not UTF-8 text)") from None
+        self.lines = text.split("\n")
+        self.number = 0
+
+    def fail(self, what: str):
+        raise ValueError(f"{self.path}, line {self.number}: {what}")
+
+    def next(self, expected: str) -> str:
+        if self.number >= len(self.lines) or (
+            self.number == len(self.lines) - 1 and not self.lines[-1]
+        ):
+            raise ValueError(f"{self.path} is truncated: it ends where {expected} should be")
+        line = self.lines[self.number]
+        self.number += 1
+        return line
+
+    def fields(self, expected: str, count: int) -> list[str]:
+        fields = self.next(expected).split("\t")
+        if len(fields) != count:
+            self.fail(f"expected {expected} ({count} tab-separated fields), got {len(fields)} fields")
+        return fields
+
+    def integer(self, text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            self.fail(f"{text!r} is not an integer")
+
+    def section(self, name: str) -> int:
+        key, count = self.fields(f"the '{name}' section header", 2)
+        if key != name:
+            self.fail(f"expected the '{name}' section, found {key!r}")
+        return self.integer(count)
+
+    def json_string(self, text: str) -> str:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            self.fail(f"bad JSON string {text!r}: {error}")
+        if not isinstance(value, str):
+            self.fail(f"expected a JSON string, got {text!r}")
+        return value
+
+    def escaped(self, text: str) -> bytes:
+        try:
+            return unescape(text)
+        except (ValueError, UnicodeEncodeError) as error:
+            self.fail(f"bad escaped bytes {text!r}: {error}")
+
+
+def read_tokenizer(path):
+    """(pattern, byte_ids, merges, special_tokens) from a file written by `write_tokenizer`."""
+    reader = _Lines(path)
+    header = reader.next("the header")
+    if header != f"{MAGIC} v{VERSION}":
+        if header.startswith(f"{MAGIC} v"):
+            reader.fail(f"format {header[len(MAGIC) + 1:]!r} is not supported (this mlxllm reads v{VERSION})")
+        reader.fail(f"not an mlxllm tokenizer file: expected the header {MAGIC!r} v{VERSION}, got {header[:40]!r}")
+    key, pattern = reader.fields("the pattern", 2)
+    if key != "pattern":
+        reader.fail(f"expected the 'pattern' line, found {key!r}")
+    pattern = reader.json_string(pattern)
+
+    if reader.section("bytes") != 256:
+        reader.fail("the 'bytes' section must list 256 bytes")
+    byte_ids = []
+    for b in range(256):
+        value, token_id, token = reader.fields(f"byte {b}", 3)
+        if reader.integer(value) != b or reader.escaped(token) != bytes([b]):
+            reader.fail(f"expected the line of byte {b}")
+        byte_ids.append(reader.integer(token_id))
+    vocab = {token_id: bytes([b]) for b, token_id in enumerate(byte_ids)}
+
+    merges = []
+    for rank in range(reader.section("merges")):
+        new, a, b, left, right = reader.fields(f"merge {rank}", 5)
+        new, a, b = reader.integer(new), reader.integer(a), reader.integer(b)
+        if vocab.get(a) != reader.escaped(left) or vocab.get(b) != reader.escaped(right):
+            reader.fail(f"merge {rank}: ids {a}, {b} do not match the bytes {left!r}, {right!r}")
+        vocab[new] = vocab[a] + vocab[b]
+        merges.append((a, b, new))
+
+    special_tokens = {}
+    for _ in range(reader.section("specials")):
+        token_id, token = reader.fields("a special token", 2)
+        special_tokens[reader.json_string(token)] = reader.integer(token_id)
+    if reader.next("the 'end' line") != "end":
+        reader.fail("expected the 'end' line (more lines than the section counts say?)")
+    return pattern, byte_ids, merges, special_tokens
+
+
+def vocab_listing(byte_ids, merges, special_tokens, vocab) -> str:
+    """One line per token, in id order: id, the token's text, how it was made."""
+    made = {token_id: f"byte 0x{b:02x}" for b, token_id in enumerate(byte_ids)}
+    for a, b, new in merges:
+        made[new] = f"[{show(vocab[a])}] + [{show(vocab[b])}]"
+    for token, token_id in special_tokens.items():
+        made[token_id] = "special"
+    return "".join(f"{token_id}\t[{show(vocab[token_id])}]\t{made[token_id]}\n" for token_id in sorted(vocab))
+
+
+def _gpt2_byte_to_unicode() -> dict[int, str]:
+    """GPT-2's files write each byte as a printable character: printable bytes as themselves,
+    the others shifted to U+0100 and up (so a space is 'Ġ', a newline 'Ċ')."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    shifted = (b for b in range(256) if b not in mapping)
+    for n, b in enumerate(shifted):
+        mapping[b] = chr(256 + n)
+    return mapping
+
+
+def read_gpt2_files(encoder_json, vocab_bpe):
+    """(byte_ids, merges, special_tokens) from GPT-2's `encoder.json` and `vocab.bpe`."""
+    try:
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{encoder_json} is not GPT-2's encoder.json: {error}") from None
+    if not isinstance(encoder, dict):
+        raise ValueError(f"{encoder_json} is not GPT-2's encoder.json (expected a JSON object)")
+    byte_to_unicode = _gpt2_byte_to_unicode()
+    try:
+        byte_ids = [encoder[byte_to_unicode[b]] for b in range(256)]
+    except KeyError as error:
+        raise ValueError(f"{encoder_json} has no token for the byte {error.args[0]!r}") from None
+    merges = []
+    lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line or (number == 1 and line.startswith("#version")):
+            continue  # the official file starts with '#version: 0.2'; copies often do not
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ValueError(f"{vocab_bpe}, line {number}: expected two tokens, got {line!r}")
+        try:
+            merges.append((encoder[parts[0]], encoder[parts[1]], encoder[parts[0] + parts[1]]))
+        except KeyError as error:
+            raise ValueError(
+                f"{vocab_bpe}, line {number}: token {error.args[0]!r} is not in {encoder_json}"
+            ) from None
+    special_tokens = {"<|endoftext|>": encoder.get("<|endoftext|>", 50256)}
+    return byte_ids, merges, special_tokens
+
+
+def read_tiktoken_ranks(path) -> dict[bytes, int]:
+    """bytes -> rank from a tiktoken file: lines of '<base64 token> <rank>' (gzip allowed)."""
+    data = Path(path).read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    ranks = {}
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise ValueError(f"{path}, line {number}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
+    if not ranks:
+        raise ValueError(f"{path} holds no tokens")
+    return ranks
