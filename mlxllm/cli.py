@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlxllm import data
 from mlxllm.char_tokenizer import CharTokenizer
+from mlxllm.distributed import RanksDisagree, is_main, world
 from mlxllm.prediction import generate, stream_text
 from mlxllm.training import (PRESETS, TrainConfig, Trainer, TrainingDiverged, load_model, load_tokenizer,
                              read_checkpoint_config)
@@ -61,14 +62,16 @@ def train(args: argparse.Namespace) -> None:
     overrides = {name: value for name, value in (("steps", args.steps), ("batch_size", args.batch_size),
                                                  ("context", args.context), ("lr", args.lr), ("seed", args.seed),
                                                  ("dtype", args.dtype)) if value is not None}
-    out = writable_folder(args.out)
+    main = is_main(world())  # under mlx.launch rank 0 alone writes and prints (Appendix, Data-parallel training)
+    say = print if main else lambda *_: None
+    out = writable_folder(args.out) if main else Path(args.out)
     if args.resume:
         saved = read_checkpoint_config(out)
         tokenizer = load_tokenizer(out, saved["tokenizer"])
         config = dataclasses.replace(TrainConfig.from_dict(saved["train"]), **overrides)
         train_ids, val_ids = data.split_ids(data.tokenize_corpus(args.corpus, tokenizer), config.val_fraction)
         trainer = Trainer.resume(out, train_ids, val_ids, config)
-        print(f"resuming {out} at step {trainer.step} of {trainer.config.steps}")
+        say(f"resuming {out} at step {trainer.step} of {trainer.config.steps}")
     else:
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -81,12 +84,12 @@ def train(args: argparse.Namespace) -> None:
         train_ids, val_ids = data.split_ids(data.tokenize_corpus(args.corpus, tokenizer), config.val_fraction)
         model_config = preset.model_config(tokenizer.vocab_size, config.context)
         trainer = Trainer.create(model_config, config, train_ids, val_ids, tokenizer)
-        print(f"{args.preset}: {trainer.model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}, "
-              f"{len(train_ids):,} training / {len(val_ids):,} validation tokens")
+        say(f"{args.preset}: {trainer.model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}, "
+            f"{len(train_ids):,} training / {len(val_ids):,} validation tokens")
     losses = trainer.run(out=out, progress=not args.quiet)
-    print(f"step {trainer.step}: val loss {losses['val_loss']:.4f} nats/token, "
-          f"{trainer.val_bits_per_byte(losses['val_loss']):.4f} bits/byte (train {losses['train_loss']:.4f}); "
-          f"checkpoint in {out}")
+    say(f"step {trainer.step}: val loss {losses['val_loss']:.4f} nats/token, "
+        f"{trainer.val_bits_per_byte(losses['val_loss']):.4f} bits/byte (train {losses['train_loss']:.4f}); "
+        f"checkpoint in {out}")
 
 
 def generate_text(args: argparse.Namespace) -> None:
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         args.run(args)
-    except (UsageError, ValueError, FileNotFoundError, TrainingDiverged) as error:
+    except (UsageError, ValueError, FileNotFoundError, TrainingDiverged, RanksDisagree) as error:
         command = f"mlxllm {args.command}" if "args" in locals() else "mlxllm"
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,9 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm import tqdm
 
 from mlxllm.char_tokenizer import CharTokenizer
-from mlxllm.data import get_batch
+from mlxllm.data import get_batch, tokenizer_fingerprint
+from mlxllm.distributed import (all_mean, broadcast_from_main, check_divisible, check_same_everywhere, digest, is_main,
+                                shard_rows, world)
 from mlxllm.model import ModelConfig, TransformerLM
 from mlxllm.prediction import bits_per_byte, cross_entropy
 
@@ -207,6 +210,7 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
     """
     loss_and_grad = nn.value_and_grad(model, lambda m, x, y: cross_entropy(m(x), y, z_loss=config.z_loss))
     groups = parameter_groups(model)
+    group = world()
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -217,6 +221,8 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
             loss, grads = loss + more_loss, tree_map(mx.add, grads, more_grads)
         if inputs.shape[0] > 1:
             loss, grads = loss / inputs.shape[0], tree_map(lambda g: g / inputs.shape[0], grads)
+        # data parallel (Appendix): one all-reduce makes every rank's gradient the global batch's mean
+        loss, grads = all_mean(loss, group), nn.average_gradients(grads, group)
         grad_norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
         if config.grad_clip > 0:  # rescale all gradients together when their global norm is too large
             scale = mx.minimum(1.0, config.grad_clip / (grad_norm + 1e-6))
@@ -239,12 +245,12 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
 
 def estimate_loss(model: nn.Module, ids: mx.array, config: TrainConfig, key: mx.array) -> float:
     """Mean loss over ``config.eval_batches`` batches drawn from ``key``, with dropout off."""
-    was_training = model.training
+    was_training, group = model.training, world()
     model.eval()
     total = 0.0
     for batch_key in mx.random.split(key, config.eval_batches):
-        inputs, targets = get_batch(ids, config.batch_size, config.context, batch_key)
-        total += cross_entropy(model(inputs), targets).item()
+        inputs, targets = (shard_rows(b, group) for b in get_batch(ids, config.batch_size, config.context, batch_key))
+        total += all_mean(cross_entropy(model(inputs), targets), group).item()
     model.train(was_training)
     return total / config.eval_batches
 
@@ -357,6 +363,9 @@ class Trainer:
         self._train = mx.array(np.asarray(self.train_ids, dtype=np.int32))
         self._val = mx.array(np.asarray(self.val_ids, dtype=np.int32))
         self._step_fns = None
+        self.group = world()  # size 1 unless started by mlx.launch (Appendix, Data-parallel training)
+        check_divisible(self.config.batch_size, self.group)
+        self.sync_ranks()
         self.metrics = self.metrics or {"step": [], "loss": [], "lr": [], "grad_norm": [], "update_ratio": {},
                                         "eval": {"step": [], "train_loss": [], "val_loss": []}}
 
@@ -375,10 +384,10 @@ class Trainer:
         c = self.config
         self.batch_key, key, dropout_key = mx.random.split(self.batch_key, 3)
         high, low = dropout_key.tolist()
-        mx.random.seed(high << 32 | low)  # mx.random.key(high·2³² + low) == dropout_key
+        mx.random.seed((high << 32 | low) ^ self.group.rank())  # key(high·2³² + low) == dropout_key (on rank 0)
         inputs, targets = get_batch(self._train, c.grad_accumulation * c.batch_size, c.context, key)
         shape = (c.grad_accumulation, c.batch_size, c.context)
-        return inputs.reshape(shape), targets.reshape(shape)
+        return shard_rows(inputs.reshape(shape), self.group), shard_rows(targets.reshape(shape), self.group)
 
     def train_step(self) -> float:
         """One optimizer step; records loss, lr and gradient norm (and, every ``DIAGNOSTICS_EVERY`` steps,
@@ -407,6 +416,23 @@ class Trainer:
             for group, ratio in zip(parameter_groups(self.model), ratios[0].tolist()):
                 m["update_ratio"].setdefault(group, []).append(ratio)
         return loss
+
+    def sync_ranks(self) -> None:
+        """Data parallel: stop every rank if they disagree, then give all rank 0's parameters and optimizer state."""
+        if self.group.size() > 1:
+            check_same_everywhere(self.fingerprints(), self.group)
+            self.model.update(broadcast_from_main(self.model.parameters(), self.group))
+            self.optimizer.state = broadcast_from_main(self.optimizer.state, self.group)
+            mx.eval(self.model.parameters(), self.optimizer.state)
+
+    def fingerprints(self) -> dict[str, bytes]:
+        """Digests of everything the ranks of one data-parallel run must share (Appendix, Data-parallel training)."""
+        return {"model config": digest(json.dumps(self.model.config.to_dict(), sort_keys=True)),
+                "training config": digest(json.dumps(self.config.to_dict(), sort_keys=True)),
+                "tokenizer": digest(tokenizer_fingerprint(self.tokenizer) if self.tokenizer else ""),
+                "training data": digest(np.asarray(self.train_ids), np.asarray(self.val_ids)),
+                "checkpoint state (step, batch key)": digest(json.dumps([self.step, self.batch_key.tolist()])),
+                "MLX version": digest(mx.__version__)}
 
     def evaluate(self) -> dict[str, float]:
         """Train and validation loss on fixed batches (the same at every evaluation: comparable curves)."""
@@ -439,7 +465,9 @@ class Trainer:
         c, until = self.config, min(until or self.config.steps, self.config.steps)
         losses = None
         # no explicit `disable` when progress is wanted, so that TQDM_DISABLE=1 still silences the bar
-        bar = tqdm(total=until, initial=self.step, unit="step", dynamic_ncols=True, **({} if progress else {"disable": True}))
+        main = is_main(self.group)  # rank 0 alone shows progress and writes checkpoints
+        bar = tqdm(total=until, initial=self.step, unit="step", dynamic_ncols=True,
+                   **({} if progress and main else {"disable": True}))
         started, start_step = time.perf_counter(), self.step
         while self.step < until:
             if self.step % c.eval_interval == 0:
@@ -448,12 +476,12 @@ class Trainer:
             rate = (self.step - start_step) / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate * c.tokens_per_step:,.0f}", refresh=False)
-            if out is not None and c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
+            if main and out is not None and c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
                 self.save(out)
         bar.close()
         if losses is None or self.metrics["eval"]["step"][-1] != self.step:
             losses = self.evaluate()
-        if out is not None:
+        if main and out is not None:
             self.save(out)
         return losses
 
@@ -471,7 +499,7 @@ class Trainer:
         config = {"model": self.model.config.to_dict(), "train": self.config.to_dict(), "tokenizer": tokenizer_entry}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(self.metrics))
-        state = {"step": self.step, "batch_key": self.batch_key.tolist()}
+        state = {"step": self.step, "batch_key": self.batch_key.tolist(), "world_size": self.group.size()}
         (tmp / "state.json").write_text(json.dumps(state))
         for path in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):
             os.replace(path, folder / path.name)
@@ -505,5 +533,10 @@ class Trainer:
         state = json.loads((folder / "state.json").read_text())
         self.step = state["step"]
         self.batch_key = mx.array(state["batch_key"], dtype=mx.uint32)
+        if (saved_size := state.get("world_size", 1)) != self.group.size():
+            warnings.warn(f"{folder} was written by a run over {saved_size} rank(s) and resumes over "
+                          f"{self.group.size()}: the global batches are the same, but rounding differs, so the "
+                          "continuation is close to, not bit-identical with, an uninterrupted run")
         self.metrics = json.loads((folder / "metrics.json").read_text())
         self._step_fns = None  # re-trace against the restored state objects
+        self.sync_ranks()
