@@ -13,3 +13,4 @@ from mlxllm.embedding import LearnedPositions, RoPE, SinusoidalPositions, sinuso
 from mlxllm.model import ModelConfig, TransformerLM
 from mlxllm.prediction import bits_per_byte, cross_entropy, generate, probabilities, sample, sampling_logits, stream_text
 from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer
+from mlxllm.weights import load_pretrained, save_pretrained

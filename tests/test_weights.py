@@ -1,0 +1,455 @@
+"""Pretrained weights: tiny random checkpoints in Hugging Face layout, written here by hand (key names and
+shapes as transformers stores them), loaded by mlxllm.weights and, independently, by mlx-lm."""
+
+import dataclasses
+import json
+import shutil
+import sys
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+import regex
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models import gpt2 as lm_gpt2
+from mlx_lm.models import llama as lm_llama
+from mlx_lm.models import qwen2 as lm_qwen2
+from mlx_lm.utils import load_model as mlx_lm_load_model
+
+from mlxllm import ModelConfig, TransformerLM, load_pretrained, save_pretrained
+from mlxllm.data import get_path
+from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer
+from mlxllm.tokenizer.files import _gpt2_byte_to_unicode
+from mlxllm.weights import GPT2_DIGITS_SPLIT_PATTERN, load_model, tokenizer_from_json
+
+IDS = mx.array([[3, 17, 5, 250, 11, 42, 7, 99, 1, 64, 300, 2]])  # (1, 12), below every test vocab size
+
+
+def rel_diff(a: mx.array, b: mx.array) -> float:
+    """max |a - b| / max |b|: the relative difference of two logit tensors."""
+    a, b = np.array(a, dtype=np.float64), np.array(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def randomize(module: nn.Module, seed: int) -> None:
+    """Every parameter (norm weights and biases too) drawn N(0, 0.3), so a wrong mapping cannot hide."""
+    mx.random.seed(seed)
+    module.update(tree_map(lambda p: 0.3 * mx.random.normal(p.shape) + (1.0 if p.ndim == 1 else 0.0), module.parameters()))
+    mx.eval(module.parameters())
+
+
+# ---------------------------------------------------------------------------- checkpoint writers (HF layout)
+
+def gpt2_hf_config(vocab_size: int, **overrides) -> dict:
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab_size, "n_positions": 64,
+            "n_ctx": 64, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": None, "activation_function": "gelu_new",
+            "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True, **overrides}
+
+
+def write_gpt2(folder, vocab_size: int, seed: int = 0, prefix: str = "", masked_bias: bool = False) -> dict:
+    """A random GPT-2 as transformers stores it: Conv1D weights (in, out), fused c_attn, attn.bias mask buffer."""
+    hf = gpt2_hf_config(vocab_size)
+    reference = lm_gpt2.Model(lm_gpt2.ModelArgs.from_dict(hf))
+    randomize(reference, seed)
+    weights = {}
+    for name, value in tree_flatten(reference.parameters()):
+        key = name.removeprefix("model.")
+        if key.endswith(".weight") and any(f".{m}." in key for m in ("c_attn", "c_proj", "c_fc")):
+            value = value.T  # nn.Linear (out, in) → Conv1D (in, out)
+        weights[prefix + key] = value
+    n = hf["n_positions"]
+    for i in range(hf["n_layer"]):
+        weights[f"{prefix}h.{i}.attn.bias"] = mx.tril(mx.ones((n, n)))[None, None]  # the causal mask buffer
+        if masked_bias:
+            weights[f"{prefix}h.{i}.attn.masked_bias"] = mx.array(-1e4)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "pt"})
+    return hf
+
+
+def llama_hf_config(model_type: str, vocab_size: int, tied: bool, **overrides) -> dict:
+    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[model_type]
+    return {"model_type": model_type, "architectures": [arch], "vocab_size": vocab_size, "hidden_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 80,
+            "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 5000.0, "hidden_act": "silu",
+            "tie_word_embeddings": tied, "rope_scaling": None, **overrides}
+
+
+def write_llama(folder, vocab_size: int, model_type: str = "llama", tied: bool = False, seed: int = 0,
+                shards: int = 1) -> dict:
+    """A random LLaMA-family model in transformers' naming (model.layers.i.self_attn.q_proj...), optionally sharded."""
+    hf = llama_hf_config(model_type, vocab_size, tied)
+    module = lm_qwen2 if model_type == "qwen2" else lm_llama
+    reference = module.Model(module.ModelArgs.from_dict(hf))
+    randomize(reference, seed)
+    weights = dict(tree_flatten(reference.parameters()))
+    for i in range(hf["num_hidden_layers"]):  # older checkpoints still carry this buffer
+        weights[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = mx.ones((4,))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf))
+    if shards == 1:
+        mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "pt"})
+    else:
+        keys, weight_map = sorted(weights), {}
+        for s in range(shards):
+            name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = {k: weights[k] for k in keys[s::shards]}
+            mx.save_safetensors(str(folder / name), part, metadata={"format": "pt"})
+            weight_map.update({k: name for k in part})
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return hf
+
+
+def mlx_lm_logits(folder) -> mx.array:
+    model, _ = mlx_lm_load_model(folder)
+    return model(IDS)
+
+
+# ---------------------------------------------------------------------------- logits against mlx-lm
+
+@pytest.mark.parametrize("model_type,tied", [("llama", False), ("llama", True), ("mistral", False), ("qwen2", True)])
+def test_llama_family_logits_match_mlx_lm(tmp_path, model_type, tied):
+    write_llama(tmp_path, 320, model_type, tied)
+    model = load_model(tmp_path)
+    assert model.config.position == "rope" and model.config.n_kv_heads == 2 and model.config.tie_embeddings == tied
+    assert model.config.qkv_bias == (model_type == "qwen2")
+    assert rel_diff(model(IDS), mlx_lm_logits(tmp_path)) < 1e-4
+
+
+def test_gpt2_logits_match_mlx_lm(tmp_path):
+    write_gpt2(tmp_path, 320)
+    model = load_model(tmp_path)
+    assert model.config.activation == "gelu_tanh" and model.config.tie_embeddings
+    assert rel_diff(model(IDS), mlx_lm_logits(tmp_path)) < 1e-4
+
+
+def test_gpt2_key_variants_load_the_same_model(tmp_path):
+    """Keys with the GPT2LMHeadModel `transformer.` prefix and the legacy attn.masked_bias buffer."""
+    write_gpt2(tmp_path / "plain", 320)
+    write_gpt2(tmp_path / "prefixed", 320, prefix="transformer.", masked_bias=True)
+    logits = load_model(tmp_path / "plain")(IDS)
+    assert mx.array_equal(load_model(tmp_path / "prefixed")(IDS), logits)
+
+
+def test_sharded_checkpoint_loads_the_same_model(tmp_path):
+    write_llama(tmp_path / "one", 320)
+    write_llama(tmp_path / "three", 320, shards=3)
+    assert len(list((tmp_path / "three").glob("model-*-of-00003.safetensors"))) == 3
+    assert mx.array_equal(load_model(tmp_path / "three")(IDS), load_model(tmp_path / "one")(IDS))
+
+
+def test_dtype_bfloat16_weights(tmp_path):
+    write_llama(tmp_path, 320)
+    model16 = load_model(tmp_path, dtype="bfloat16")
+    assert {p.dtype for _, p in tree_flatten(model16.parameters())} == {mx.bfloat16}
+    assert load_model(tmp_path).token_embedding.weight.dtype == mx.float32  # None keeps the stored dtype
+    assert rel_diff(model16(IDS).astype(mx.float32), load_model(tmp_path)(IDS)) < 0.05  # bf16: ~3 digits
+    with pytest.raises(ValueError, match="dtype must be"):
+        load_model(tmp_path, dtype="fp8")
+
+
+def test_kv_cached_decoding_of_a_loaded_model_matches_full_forward(tmp_path):
+    write_llama(tmp_path, 320)
+    model = load_model(tmp_path)
+    cache = model.make_cache()
+    model(IDS[:, :8], cache=cache)
+    step = model(IDS[:, 8:9], cache=cache)[:, -1]
+    assert rel_diff(step, model(IDS[:, :9])[:, -1]) < 1e-5
+
+
+# ---------------------------------------------------------------------------- errors
+
+def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
+    write_llama(tmp_path, 320)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "intermediate_size": 96}))
+    with pytest.raises(ValueError, match=r"'model\.layers\.0\.mlp\.(down|gate|up)_proj\.weight' has shape \((48, 80|80, 48)\).*\((48, 96|96, 48)\)"):
+        load_model(tmp_path)
+
+
+def test_gpt2_fused_qkv_of_the_wrong_width_is_reported(tmp_path):
+    write_gpt2(tmp_path, 320)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "n_embd": 40, "n_head": 4}))
+    with pytest.raises(ValueError, match=r"'h\.0\.attn\.c_attn\.weight' has shape \(96, 32\).*\(120, 40\)"):
+        load_model(tmp_path)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    write_llama(tmp_path, 320)
+    weights = mx.load(str(tmp_path / "model.safetensors"))
+    del weights["model.layers.1.post_attention_layernorm.weight"]
+    weights["model.layers.1.self_attn.extra_proj.weight"] = mx.zeros((2, 2))
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), weights)
+    with pytest.raises(ValueError, match=r"missing 1 parameter.*blocks\.1\.ffn_norm\.weight"):
+        load_model(tmp_path)
+    weights["model.layers.1.post_attention_layernorm.weight"] = mx.ones((48,))
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), weights)
+    with pytest.raises(ValueError, match=r"1 key\(s\) this model does not use.*model\.layers\.1\.self_attn\.extra_proj\.weight"):
+        load_model(tmp_path)
+
+
+def test_untied_config_without_lm_head_is_missing_a_key(tmp_path):
+    write_llama(tmp_path, 320, tied=True)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "tie_word_embeddings": False}))
+    with pytest.raises(ValueError, match=r"missing.*'head\.weight'"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.999, 20 / 10**6])
+def test_truncated_safetensors_is_a_clear_error(tmp_path, cut):
+    write_llama(tmp_path, 320)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: max(int(len(data) * cut), 20)])
+    with pytest.raises(ValueError, match=r"cannot read .*model\.safetensors.*damaged or incomplete"):
+        load_model(tmp_path)
+
+
+def test_missing_shard_is_named(tmp_path):
+    write_llama(tmp_path, 320, shards=2)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"model_type": "gemma"}, "unsupported model_type 'gemma'"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "unsupported RoPE scaling 'llama3'"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "unsupported RoPE scaling 'linear'"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "unsupported RoPE scaling 'yarn'"),
+    ({"head_dim": 16}, "unsupported head_dim=16"),
+    ({"hidden_act": "gelu"}, "unsupported hidden_act 'gelu'"),
+    ({"attention_bias": True}, "unsupported attention_bias=True with mlp_bias=False"),
+])
+def test_unsupported_configs_are_refused_by_name(tmp_path, change, message):
+    write_llama(tmp_path, 320)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, **change}))
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path)
+
+
+def test_rope_parameters_of_transformers_5_are_read(tmp_path):
+    write_llama(tmp_path, 320)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    del hf["rope_theta"], hf["rope_scaling"]
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}))
+    assert load_model(tmp_path).config.rope_theta == 5000.0
+
+
+def test_mistral_sliding_window_caps_the_context(tmp_path):
+    write_llama(tmp_path, 320, "mistral")
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "sliding_window": 32}))
+    assert load_model(tmp_path).config.context_length == 32
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(llama_hf_config("llama", 320, False)))
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        load_model(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80")
+    with pytest.raises(ValueError, match=r"PyTorch pickles .*only \.safetensors"):
+        load_model(tmp_path)
+
+
+# ---------------------------------------------------------------------------- tokenizers against HF `tokenizers`
+
+TEXT = (
+    "First Citizen: Before we proceed any further, hear me speak. It's 1984, and 3.14159 apples cost $12,000!\n"
+    "  Indented line\twith tabs\r\nnaïve café — résumé ²³ 0x7f  42  7\n\n"
+    "We're told they'll say: you'd better go; I'm here, 2024-11-26 at 10:30.   End.   \n"
+) * 3
+QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def hf_pre_tokenizer(style: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=style != "qwen2")
+    if style == "gpt2":
+        return byte_level
+    if style == "smollm":  # StarCoder's: every digit on its own, then GPT-2's regex
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"), byte_level])
+
+
+def write_hf_tokenizer(folder, style: str, vocab_size: int = 320):
+    """A byte-level BPE trained by Hugging Face `tokenizers` itself and saved as tokenizer.json."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = hf_pre_tokenizer(style)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([TEXT], trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf.save(str(folder / "tokenizer.json"))
+    return hf
+
+
+@pytest.mark.parametrize("style", ["gpt2", "smollm", "qwen2"])
+def test_tokenizer_json_gives_the_ids_of_hf_tokenizers(tmp_path, style):
+    hf = write_hf_tokenizer(tmp_path, style)
+    ours = tokenizer_from_json(tmp_path / "tokenizer.json")
+    text = TEXT + "<|im_start|>user\nhi 12345<|im_end|><|endoftext|>"
+    assert ours.encode(text, allowed_special="all") == hf.encode(text).ids
+    assert ours.special_tokens == {token: hf.token_to_id(token) for token in SPECIALS}
+    assert ours.vocab_size == hf.get_vocab_size() == 320
+    assert ours.decode(hf.encode(text).ids) == text
+
+
+@pytest.mark.parametrize("style", ["gpt2", "smollm", "qwen2"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from([" ", "  ", "\n", " \n", "\t", "a", "Bc", "1", "23", "'s", "'LL", ".", "-",
+                                        "é", "²", "x9", "!?"]), max_size=14))
+def test_split_patterns_cut_like_hf_pre_tokenizers(tmp_path, style, pieces):
+    text = "".join(pieces)
+    pattern = {"gpt2": GPT2_SPLIT_PATTERN, "smollm": GPT2_DIGITS_SPLIT_PATTERN, "qwen2": QWEN2_PATTERN}[style]
+    byte_to_char = _gpt2_byte_to_unicode()
+    ours = ["".join(byte_to_char[b] for b in chunk.encode()) for chunk in regex.findall(pattern, text)]
+    assert ours == [piece for piece, _ in hf_pre_tokenizer(style).pre_tokenize_str(text)]
+
+
+def test_gpt2_files_and_tokenizer_json_give_the_same_tokenizer(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    vocab, merges = get_path("gpt2-vocab"), get_path("gpt2-merges")
+    hf = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.add_special_tokens(["<|endoftext|>"])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    from_files = Tokenizer.from_gpt2_files(vocab, merges)
+    from_json = tokenizer_from_json(tmp_path / "tokenizer.json")
+    assert from_json.merges == from_files.merges and from_json.special_tokens == {"<|endoftext|>": 50256}
+    text = TEXT + "<|endoftext|>"
+    assert from_json.encode(text, allowed_special="all") == from_files.encode(text, allowed_special="all") == hf.encode(text).ids
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"model": {"type": "Unigram", "vocab": []}}, "tokenizer model 'Unigram' is not supported"),
+    ({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}}, "SentencePiece-style tokenizer"),
+    ({"normalizer": {"type": "NFC"}}, r"normalizes text first \(NFC\)"),
+    ({"pre_tokenizer": {"type": "Whitespace"}}, r"unsupported tokenizer.json pre-tokenizer \['Whitespace'\]"),
+])
+def test_unsupported_tokenizer_json_is_refused(tmp_path, change, message):
+    write_hf_tokenizer(tmp_path, "gpt2")
+    spec = json.loads((tmp_path / "tokenizer.json").read_text())
+    (tmp_path / "tokenizer.json").write_text(json.dumps({**spec, **change}))
+    with pytest.raises(ValueError, match=message):
+        tokenizer_from_json(tmp_path / "tokenizer.json")
+
+
+def test_sentencepiece_style_bpe_is_refused(tmp_path):
+    write_hf_tokenizer(tmp_path, "gpt2")
+    spec = json.loads((tmp_path / "tokenizer.json").read_text())
+    spec["model"]["byte_fallback"] = True
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="SentencePiece-style BPE"):
+        tokenizer_from_json(tmp_path / "tokenizer.json")
+
+
+# ---------------------------------------------------------------------------- load_pretrained, save_pretrained
+
+def test_load_pretrained_llama_with_tokenizer_json(tmp_path):
+    write_llama(tmp_path, 320, "llama", tied=True)
+    hf = write_hf_tokenizer(tmp_path, "smollm")
+    model, tokenizer = load_pretrained(str(tmp_path))
+    ids = tokenizer.encode("It's 1984, hear me speak.")
+    assert ids == hf.encode("It's 1984, hear me speak.").ids
+    reference, _ = mlx_lm_load_model(tmp_path)
+    assert rel_diff(model(mx.array([ids])), reference(mx.array([ids]))) < 1e-4
+
+
+def test_load_pretrained_gpt2_with_vocab_and_merges(tmp_path):
+    write_gpt2(tmp_path, 50257)
+    shutil.copy(get_path("gpt2-vocab"), tmp_path / "vocab.json")
+    shutil.copy(get_path("gpt2-merges"), tmp_path / "merges.txt")
+    model, tokenizer = load_pretrained(tmp_path)
+    ids = tokenizer.encode("Hello world, this is GPT-2.")
+    assert ids == [15496, 995, 11, 428, 318, 402, 11571, 12, 17, 13]  # GPT-2's ids (tiktoken "gpt2")
+    reference, _ = mlx_lm_load_model(tmp_path)
+    assert rel_diff(model(mx.array([ids])), reference(mx.array([ids]))) < 1e-4
+
+
+def test_load_pretrained_without_tokenizer_files(tmp_path):
+    write_llama(tmp_path, 320)
+    with pytest.raises(FileNotFoundError, match="expected tokenizer.json, or vocab.json \\+ merges.txt"):
+        load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_save_pretrained_round_trip_and_other_tools_open_it(tmp_path, family):
+    mx.random.seed(1)
+    tokenizer = Tokenizer.train(TEXT, 300, pattern=GPT4_SPLIT_PATTERN, special_tokens=["<|endoftext|>"])
+    small = dict(vocab_size=304, context_length=64, dims=32, n_layers=2, n_heads=4)
+    config = (ModelConfig.gpt2(**small) if family == "gpt2" else
+              ModelConfig.llama(**small, n_kv_heads=2, ffn_dims=64, qkv_bias=family == "qwen2", tie_embeddings=False))
+    model = TransformerLM(config)
+    randomize(model, seed=2)
+    folder = save_pretrained(model, tokenizer, tmp_path / "saved")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == family
+
+    loaded, loaded_tokenizer = load_pretrained(folder)
+    assert loaded.config == dataclasses.replace(config, ffn_dims=config.ffn_dims or 4 * config.dims)  # None: GPT-2's 4·C
+    assert mx.array_equal(loaded(IDS), model(IDS))  # bit for bit
+    assert loaded_tokenizer.merges == tokenizer.merges and loaded_tokenizer.special_tokens == tokenizer.special_tokens
+    assert loaded_tokenizer.pattern == GPT4_SPLIT_PATTERN
+
+    from mlx_lm.utils import load as mlx_lm_load
+    from tokenizers import Tokenizer as HFTokenizer
+
+    reference, reference_tokenizer = mlx_lm_load(str(folder))
+    assert rel_diff(reference(IDS), model(IDS)) < 1e-4
+    text = TEXT + "<|endoftext|>"
+    ids = tokenizer.encode(text, allowed_special="all")
+    assert HFTokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids == ids
+    if family != "qwen2":  # transformers 5 always gives a qwen2 model Qwen's own split pattern and NFC normalizer
+        assert reference_tokenizer.encode(text, add_special_tokens=False) == ids
+    assert reference_tokenizer.decode(ids) == text
+
+
+def test_save_pretrained_refuses_what_no_hf_family_expresses(tmp_path):
+    tokenizer = Tokenizer.train(TEXT, 260)
+    model = TransformerLM(ModelConfig.llama(vocab_size=260, dims=32, n_layers=1, n_heads=4, n_kv_heads=2, qk_norm=True))
+    with pytest.raises(ValueError, match="no Hugging Face equivalent: qk_norm=True"):
+        save_pretrained(model, tokenizer, tmp_path)
+    model = TransformerLM(ModelConfig.gpt2(vocab_size=260, dims=32, n_layers=1, n_heads=4, norm="rmsnorm"))
+    with pytest.raises(ValueError, match="no Hugging Face equivalent: norm='rmsnorm'"):
+        save_pretrained(model, tokenizer, tmp_path)
+
+
+# ---------------------------------------------------------------------------- the Hub
+
+def test_repo_id_without_huggingface_hub_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"pip install 'mlxllm\[hub\]'"):
+        load_pretrained("HuggingFaceTB/SmolLM2-135M")
+
+
+def test_repo_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(OSError, match="could not download 'mlxllm-tests/no-such-model' from the Hugging Face Hub"):
+        load_pretrained("mlxllm-tests/no-such-model")
+
+
+def test_path_that_is_neither_folder_nor_repo_id(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hugging Face Hub repo id"):
+        load_pretrained(tmp_path / "nowhere" / "at" / "all")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a file; pass the folder"):
+        load_pretrained(tmp_path / "config.json")
