@@ -14,7 +14,7 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: in Jupyter without ipywidgets it warns on import (every chapter imports mlxllm)
 
 # Heap keys sort ascending, but ties must go to the *greatest* pair of byte strings.
 # Mapping each byte b to chr(255 - b) and ending every token with chr(256) turns
