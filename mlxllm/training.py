@@ -14,7 +14,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -200,20 +199,19 @@ def parameter_groups(model: nn.Module) -> list[str]:
 
 
 def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig,
-                    diagnostics: bool = False) -> Callable:
+                    diagnostics: bool = False, compile: bool = True) -> Callable:
     """``step(inputs, targets)`` on (A, B, T) micro-batches → (loss, grad norm, lr[, update:data ratios]).
 
     Compiled with the model, optimizer and random state as implicit inputs and outputs, so the graph is
     traced once and parameters are updated in place; the caller evaluates the outputs and the state.
     ``diagnostics=True`` also returns ‖Δθ‖ / ‖θ‖ per ``parameter_groups`` entry (a separate trace,
-    used every few steps: it reads every parameter twice more).
+    used every few steps: it reads every parameter twice more). ``compile=False`` is for comparison.
     """
     loss_and_grad = nn.value_and_grad(model, lambda m, x, y: cross_entropy(m(x), y, z_loss=config.z_loss))
     groups = parameter_groups(model)
     group = world()
     state = [model.state, optimizer.state, mx.random.state]
 
-    @partial(mx.compile, inputs=state, outputs=state)
     def step(inputs: mx.array, targets: mx.array):
         loss, grads = loss_and_grad(model, inputs[0], targets[0])
         for i in range(1, inputs.shape[0]):  # gradient accumulation: average over micro-batches
@@ -240,7 +238,7 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
         ratios = mx.stack([mx.sqrt(update_sq[g] / (data_sq[g] + 1e-12)) for g in groups])
         return loss, grad_norm, optimizer.learning_rate, ratios
 
-    return step
+    return mx.compile(step, inputs=state, outputs=state) if compile else step
 
 
 def estimate_loss(model: nn.Module, ids: mx.array, config: TrainConfig, key: mx.array) -> float:

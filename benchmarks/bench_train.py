@@ -1,0 +1,205 @@
+"""Training throughput, side by side in one run: tokens/s of one optimizer step (forward, backward, AdamW).
+
+    python benchmarks/bench_train.py                    # nanogpt-cpu shapes (4 layers × 128, batch 12 × 64)
+    python benchmarks/bench_train.py --preset tiny --rounds 5
+
+Peers, all on the same shapes with AdamW, clipping at 1.0 and a fresh random batch per step:
+  mlxllm      Trainer.train_step(): compiled step + batches + schedule + diagnostics + NaN check
+  uncompiled  the same step function without mx.compile
+  minimal     the idiom written directly with mlx.nn: value_and_grad → clip → AdamW → mx.compile → mx.eval
+  pytorch     the same GPT in PyTorch (torch.optim.AdamW), if torch is installed (it is not a dependency)
+Variants run in interleaved rounds (so load changes hit all of them alike); the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import platform
+import statistics
+import time
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+
+from mlxllm import ModelConfig, TransformerLM, cross_entropy
+from mlxllm.data import get_batch
+from mlxllm.training import PRESETS, Trainer, make_train_step
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{name}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def mlxllm_runner(config: ModelConfig, train_config, ids):
+    trainer = Trainer.create(config, train_config, ids, ids)
+    return trainer.train_step
+
+
+def uncompiled_runner(config: ModelConfig, train_config, ids):
+    trainer = Trainer.create(config, train_config, ids, ids)
+    step = make_train_step(trainer.model, trainer.optimizer, train_config, compile=False)
+
+    def run():
+        inputs, targets = trainer.next_batch()
+        loss, *rest = step(inputs, targets)
+        mx.eval(loss, rest, trainer.model.state, trainer.optimizer.state)
+        return loss.item()
+
+    return run
+
+
+def minimal_runner(config: ModelConfig, train_config, ids):
+    """What a user would write from the MLX examples: no trainer, no diagnostics, one AdamW group."""
+    mx.random.seed(0)
+    model = TransformerLM(config)
+    c = train_config
+    warmup = optim.linear_schedule(0.0, c.lr, c.warmup)
+    cosine = optim.cosine_decay(c.lr, c.steps - c.warmup, c.min_lr)
+    optimizer = optim.AdamW(optim.join_schedules([warmup, cosine], [c.warmup]), [c.beta1, c.beta2],
+                            weight_decay=c.weight_decay, bias_correction=True)
+    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: nn.losses.cross_entropy(m(x), y, reduction="mean"))
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x, y):
+        loss, grads = loss_and_grad(model, x, y)
+        grads, _ = optim.clip_grad_norm(grads, c.grad_clip)
+        optimizer.update(model, grads)
+        return loss
+
+    key = mx.random.key(c.seed)
+
+    def run():
+        nonlocal key
+        key, batch_key = mx.random.split(key)
+        x, y = get_batch(ids, c.batch_size, c.context, batch_key)
+        loss = step(x, y)
+        mx.eval(loss, state)
+        return loss.item()
+
+    return run
+
+
+def pytorch_runner(config: ModelConfig, train_config, ids):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    c, t = config, train_config
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1 = torch.nn.LayerNorm(c.dims, bias=False)
+            self.qkv = torch.nn.Linear(c.dims, 3 * c.dims, bias=False)
+            self.proj = torch.nn.Linear(c.dims, c.dims, bias=False)
+            self.ln2 = torch.nn.LayerNorm(c.dims, bias=False)
+            self.up = torch.nn.Linear(c.dims, 4 * c.dims, bias=False)
+            self.down = torch.nn.Linear(4 * c.dims, c.dims, bias=False)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+            q, k, v = (z.view(B, T, c.n_heads, C // c.n_heads).transpose(1, 2) for z in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+            x = x + self.proj(y)
+            return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+
+    class GPT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = torch.nn.Embedding(c.vocab_size, c.dims)
+            self.wpe = torch.nn.Embedding(c.context_length, c.dims)
+            self.blocks = torch.nn.ModuleList(Block() for _ in range(c.n_layers))
+            self.ln = torch.nn.LayerNorm(c.dims, bias=False)
+
+        def forward(self, idx):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.blocks:
+                x = block(x)
+            return self.ln(x) @ self.wte.weight.T  # tied head
+
+    model = GPT()
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p is not model.wte.weight and p is not model.wpe.weight]
+    rest = [p for p in model.parameters() if not any(p is d for d in decay)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=t.lr, betas=(t.beta1, t.beta2))
+    data = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    generator = torch.Generator().manual_seed(t.seed)
+
+    def run():
+        starts = torch.randint(len(data) - t.context, (t.batch_size,), generator=generator)
+        windows = torch.stack([data[s : s + t.context + 1] for s in starts.tolist()])
+        logits = model(windows[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, c.vocab_size), windows[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        return loss.item()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="nanogpt-cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    train_config = dataclasses.replace(preset.train, steps=10_000)
+    config = preset.model_config(vocab_size=65)
+    ids = mx.array(np.random.default_rng(0).integers(0, 65, 200_000, dtype=np.int32))
+    runners = {"mlxllm": mlxllm_runner, "uncompiled": uncompiled_runner, "minimal": minimal_runner}
+    try:
+        import torch
+
+        runners["pytorch"] = pytorch_runner
+        torch_note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        torch_note = "torch not installed: PyTorch peer skipped (pip install torch to include it)"
+
+    steps = {name: make(config, train_config, ids if name != "pytorch" else np.array(ids)) for name, make in runners.items()}
+    for name, run in steps.items():  # warm up: compile, allocate, first-touch memory
+        for _ in range(2):
+            assert math.isfinite(run()), name
+    seconds = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, run in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                run()
+            seconds[name].append((time.perf_counter() - start) / args.steps)
+
+    tokens = train_config.batch_size * train_config.context
+    rate = {name: tokens / statistics.median(s) for name, s in seconds.items()}
+    print(f"machine: {machine()}; mlx {mx.__version__} ({mx.default_device()}); {torch_note}")
+    print(f"shapes: preset {args.preset}: {config.n_layers} layers × {config.dims} dims, {config.n_heads} heads, "
+          f"vocab 65, batch {train_config.batch_size} × context {train_config.context} = {tokens} tokens/step; "
+          f"{args.rounds} rounds × {args.steps} steps, median round")
+    print(f"{'variant':<12}{'ms/step':>10}{'tokens/s':>12}{'vs mlxllm':>12}")
+    for name in steps:
+        print(f"{name:<12}{1000 * tokens / rate[name]:>10.1f}{rate[name]:>12,.0f}{rate[name] / rate['mlxllm']:>11.2f}×")
+    print(f"mlxllm / minimal MLX step: {rate['mlxllm'] / rate['minimal']:.3f} (target ≥ 0.95); "
+          f"compiled / uncompiled: {rate['mlxllm'] / rate['uncompiled']:.2f}×"
+          + (f"; mlxllm / pytorch: {rate['mlxllm'] / rate['pytorch']:.3f}" if "pytorch" in rate else ""))
+
+
+if __name__ == "__main__":
+    main()
