@@ -9,6 +9,16 @@ every helper here does nothing. Built in Appendix, Data-parallel training.
 from __future__ import annotations
 
 import hashlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -80,3 +90,53 @@ def broadcast_from_main(tree, group: mx.distributed.Group):
         return tree
     keep = is_main(group)
     return tree_map(lambda x: mx.distributed.all_sum(x if keep else mx.zeros_like(x), group=group), tree)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trying it on one machine: several ranks over loopback (the tests and the Appendix use this).
+
+
+@dataclass
+class LaunchResult:
+    returncodes: list[int | None]  # per rank, as mlx.launch reports them (None: it did not say)
+    stdout: str
+    stderr: str
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free TCP ports on 127.0.0.1 (the ring listens on port, port + 1, ...)."""
+    for _ in range(100):
+        first = random.randrange(20000, 60000 - n)
+        try:
+            with ExitStack() as sockets:
+                for port in range(first, first + n):
+                    sockets.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"found no {n} consecutive free ports on 127.0.0.1")
+
+
+def launch_local(command: list[str], n: int = 2, timeout: float = 120.0, **popen) -> LaunchResult:
+    """Run ``command`` as ``n`` ranks on this machine: ``mlx.launch -n n --backend ring`` over loopback.
+
+    mlx.launch (0.32) exits 0 even when a rank fails, so each rank's exit code is read from its log.
+    Past ``timeout`` seconds the launcher and every rank are killed and TimeoutError is raised.
+    """
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    if not launcher.is_file():
+        raise FileNotFoundError(f"mlx.launch is not next to {sys.executable}; install mlx in this environment")
+    args = [str(launcher), "--verbose", "-n", str(n), "--backend", "ring", "-p", str(free_ports(n)), "--", *command]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, **popen)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and its ranks share a new process group
+        process.communicate()
+        raise TimeoutError(f"{' '.join(command)} on {n} ranks did not finish in {timeout:.0f} s; killed") from None
+    codes: list[int | None] = [None] * n
+    for rank, code, killed in re.findall(r"Node with rank (\d+) (?:exited with code (-?\d+)|completed|(was killed))",
+                                         stderr):
+        codes[int(rank)] = -9 if killed else int(code or 0)
+    return LaunchResult(codes, stdout, stderr)
