@@ -1,0 +1,91 @@
+"""Decode speed of a loaded LLaMA-style checkpoint: mlxllm vs mlx-lm on the same folder, one run.
+
+By default a random LLaMA-shaped model (SmolLM2's layout, smaller) with GPT-2's tokenizer is written
+with ``save_pretrained``; both libraries load that folder, decode greedily from the same prompt, and
+must produce the same tokens. Runs are interleaved and the best of ``--trials`` is reported. ``--repo HuggingFaceTB/SmolLM2-135M`` times a real checkpoint instead
+(needs huggingface_hub and the network; on a Mac this runs on the GPU).
+
+    python benchmarks/bench_pretrained.py [--tokens 128] [--dtype float32|bfloat16] [--repo ID]
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_map
+from mlx_lm.generate import generate_step
+from mlx_lm.utils import load_model as mlx_lm_load_model
+
+from mlxllm import ModelConfig, TransformerLM, generate, load_pretrained, save_pretrained
+from mlxllm.data import get_path
+from mlxllm.tokenizer import Tokenizer
+from mlxllm.weights import checkpoint_folder
+
+PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
+
+
+def random_checkpoint(folder: str) -> Path:
+    """A random LLaMA-style model (GQA, RoPE, SwiGLU, untied head) saved in Hugging Face layout."""
+    mx.random.seed(0)
+    tokenizer = Tokenizer.from_gpt2_files(get_path("gpt2-vocab"), get_path("gpt2-merges"))
+    config = ModelConfig.llama(vocab_size=50257, context_length=1024, dims=384, n_layers=6, n_heads=6, n_kv_heads=2,
+                               ffn_dims=1024, tie_embeddings=False)
+    model = TransformerLM(config)
+    # unit-variance weights (GPT-2's 0.02 init gives near-uniform logits and one repeated token): the greedy
+    # output then depends on the context, so "same tokens" is a real check
+    model.update(tree_map(lambda p: mx.random.normal(p.shape) / p.shape[-1] ** 0.5 if p.ndim == 2 else p, model.parameters()))
+    model.token_embedding.weight = mx.random.normal(model.token_embedding.weight.shape)
+    save_pretrained(model, tokenizer, folder)
+    return Path(folder)
+
+
+def time_decode(tokens_iter, n_tokens: int) -> tuple[list[int], float, float]:
+    """(tokens, seconds to the first token (prefill), decode tokens/s after it)."""
+    start = time.perf_counter()
+    tokens = [next(tokens_iter)]
+    first = time.perf_counter()
+    tokens += [t for t, _ in zip(tokens_iter, range(n_tokens - 1))]
+    end = time.perf_counter()
+    return tokens, first - start, (len(tokens) - 1) / (end - first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128, help="tokens to generate per run")
+    parser.add_argument("--trials", type=int, default=3, help="runs per library; the best is reported")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repo", default=None, help="a Hub repo id or local folder instead of the random model")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = checkpoint_folder(args.repo) if args.repo else random_checkpoint(tmp)
+        ours, tokenizer = load_pretrained(folder, dtype=args.dtype)
+        theirs, _ = mlx_lm_load_model(folder)
+        theirs.set_dtype(getattr(mx, args.dtype))
+        prompt = tokenizer.encode(PROMPT)
+        print(f"model: {args.repo or 'random LLaMA-style'}  {ours.num_parameters() / 1e6:.1f}M parameters  "
+              f"dtype={args.dtype}  device={mx.default_device()}  prompt={len(prompt)} tokens  new={args.tokens}")
+
+        runs = {"mlxllm": [], "mlx-lm": []}
+        for _ in range(args.trials):  # interleaved, so both see the same machine state
+            runs["mlxllm"].append(time_decode(generate(ours, prompt, args.tokens, temperature=0.0), args.tokens))
+            steps = generate_step(mx.array(prompt), theirs, max_tokens=args.tokens)
+            runs["mlx-lm"].append(time_decode((int(t) for t, _ in steps), args.tokens))
+
+    same = runs["mlxllm"][0][0] == runs["mlx-lm"][0][0]
+    prefill = {name: min(r[1] for r in results) for name, results in runs.items()}
+    decode = {name: max(r[2] for r in results) for name, results in runs.items()}
+    print(f"\n| {'best of ' + str(args.trials):18} | {'mlxllm':>8} | {'mlx-lm':>8} | {'ratio':>6} |")
+    print(f"| {'-' * 18} | {'-' * 8}:| {'-' * 8}:| {'-' * 6}:|")
+    print(f"| {'prefill seconds':18} | {prefill['mlxllm']:8.3f} | {prefill['mlx-lm']:8.3f} | {prefill['mlx-lm'] / prefill['mlxllm']:6.2f} |")
+    print(f"| {'decode tokens/s':18} | {decode['mlxllm']:8.1f} | {decode['mlx-lm']:8.1f} | {decode['mlxllm'] / decode['mlx-lm']:6.2f} |")
+    print(f"\nratio = how many times faster mlxllm is (> 1: faster); same output tokens: {same}")
+    print("text:", repr(tokenizer.decode(runs["mlxllm"][0][0][:24])))
+    if not same:
+        raise SystemExit("the two libraries generated different tokens from the same weights")
+
+
+if __name__ == "__main__":
+    main()
