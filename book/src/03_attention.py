@@ -320,8 +320,9 @@ print("GQA(x) == MHA with repeated k/v weights:", True)
 # $$\text{bytes} = 2 \times n_\text{layers} \times H_{kv} \times D \times T \times B \times \text{bytes per value}.$$
 #
 # For a LLaMA-2-7B-sized model (32 layers, 32 heads of 128, float16) that is half a megabyte *per token*;
-# at 4,096 tokens, 2 GiB, on top of 13 GiB of weights. With 8 kv heads (GQA, as in LLaMA-3-8B) it is four
-# times less, with one (MQA) 32 times less:
+# at 4,096 tokens, 2 GiB, on top of 12.6 GiB of weights (6.74 billion × 2 bytes); at 32k tokens the cache
+# outgrows the weights. With 8 kv heads (GQA, as in LLaMA-3-8B) it is four times less, with one (MQA) 32
+# times less:
 
 # %%
 print(inspect.getsource(kv_cache_bytes))
@@ -334,7 +335,7 @@ fig, ax = plt.subplots(figsize=(5.5, 3.2))
 for name, n_kv in variants.items():
     gib = [kv_cache_bytes(layers, n_kv, head_dim, int(t)) / 2**30 for t in contexts]
     ax.plot(contexts, gib, "o-", label=name)
-ax.axhline(13.5, color="gray", linestyle=":", label="the 7B weights (float16)")
+ax.axhline(6.74e9 * 2 / 2**30, color="gray", linestyle=":", label="the 7B weights (float16)")
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set_xlabel("context length T")
