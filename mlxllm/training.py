@@ -430,7 +430,8 @@ class Trainer:
                 "tokenizer": digest(tokenizer_fingerprint(self.tokenizer) if self.tokenizer else ""),
                 "training data": digest(np.asarray(self.train_ids), np.asarray(self.val_ids)),
                 "checkpoint state (step, batch key)": digest(json.dumps([self.step, self.batch_key.tolist()])),
-                "MLX version": digest(mx.__version__)}
+                "MLX version": digest(mx.__version__),
+                "mlxllm source code": digest(*(p.read_bytes() for p in sorted(Path(__file__).parent.rglob("*.py"))))}
 
     def evaluate(self) -> dict[str, float]:
         """Train and validation loss on fixed batches (the same at every evaluation: comparable curves)."""
