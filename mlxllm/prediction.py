@@ -158,7 +158,13 @@ def generate(
                 key, step_key = mx.random.split(key)
             return sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, key=step_key)
 
-    token = step(mx.array([prompt]))  # (1,)  prefill: the whole prompt in one call
+    # prefill: all but the last prompt token only need to leave their keys and values in the cache. Their
+    # outputs are dropped, and MLX being lazy never computes the parts that only fed those outputs (the
+    # last block's feed-forward, the final norm); the last token then goes through the usual step.
+    if len(prompt) > 1:
+        with mx.stream(_generation_stream):
+            model.hidden_states(mx.array([prompt[:-1]]), cache)
+    token = step(mx.array([prompt[-1:]]))  # (1,)
     mx.async_eval(token)
     for n in range(max_new_tokens):
         if n + 1 < max_new_tokens:

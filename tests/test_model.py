@@ -2,6 +2,7 @@
 parameter counts, and KV-cached decoding against full recomputation."""
 
 import math
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -234,3 +235,88 @@ def test_cached_decoding_in_uneven_chunks_equals_full_recompute(kind):
     bounds = [0, 1, 8, 100, 255, 256, 257, 270]  # several tokens at a time, straddling 256
     cached = mx.concatenate([model(ids[:, a:b], cache=cache) for a, b in zip(bounds, bounds[1:])], axis=1)
     assert mx.allclose(cached, full, atol=1e-5, rtol=1e-5).item(), mx.abs(cached - full).max().item()
+
+
+# --- against mlx-lm, an independent implementation ------------------------------------------------
+# Our model is written in Hugging Face layout by mlxllm.weights.save_pretrained and opened by mlx-lm's
+# own loader (mlx_lm.utils.load_model), which builds its llama.py / gpt2.py model from config.json.
+# Agreement bar: max |ours − theirs| / max |theirs| < 1e-4 in float32.
+
+PARITY = {
+    "llama": ModelConfig.llama(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                               ffn_dims=128),
+    "gpt2": ModelConfig.gpt2(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4),
+}
+
+
+def randomize(model: TransformerLM, seed: int) -> TransformerLM:
+    """Every parameter random and O(1) in size (GPT-2's init is too gentle to exercise norms and biases):
+    matrices N(0, 1/fan_in), norm weights 1 + N(0, 0.1²), biases N(0, 0.1²)."""
+    params = tree_flatten(model.parameters())
+    keys = mx.random.split(mx.random.key(seed), len(params))
+    new = []
+    for (name, value), key in zip(params, keys):
+        noise = mx.random.normal(value.shape, key=key)
+        if value.ndim == 2:
+            new.append((name, noise / math.sqrt(value.shape[1])))
+        elif "norm" in name and name.endswith("weight"):
+            new.append((name, 1.0 + 0.1 * noise))
+        else:
+            new.append((name, 0.1 * noise))
+    model.load_weights(new)
+    mx.eval(model.parameters())
+    return model
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model_pair(request, tmp_path_factory):
+    """(ours, mlx-lm's) on the same random weights."""
+    from mlx_lm.utils import load_model
+
+    from mlxllm.tokenizer import Tokenizer
+    from mlxllm.weights import save_pretrained
+
+    ours = randomize(TransformerLM(PARITY[request.param]), seed=10)
+    tokenizer = Tokenizer.train("the cat sat on the mat; a dog ran far away. " * 10, 280)  # save_pretrained writes one
+    folder = save_pretrained(ours, tokenizer, tmp_path_factory.mktemp(request.param))
+    theirs, _ = load_model(Path(folder))
+    assert type(theirs).__module__ == f"mlx_lm.models.{request.param}"  # really mlx-lm's own architecture code
+    return ours, theirs
+
+
+def relative_difference(a: mx.array, b: mx.array) -> float:
+    return (mx.abs(a - b).max() / mx.abs(b).max()).item()
+
+
+def test_logits_match_mlx_lm(model_pair):
+    ours, theirs = model_pair
+    ids = mx.random.randint(0, 300, (2, 300), key=mx.random.key(4))
+    expected = theirs(ids)
+    assert mx.abs(expected).max().item() > 1.0  # the random weights give non-trivial logits
+    assert relative_difference(ours(ids), expected) < 1e-4
+
+
+def test_cached_decoding_matches_mlx_lm_cached_decoding(model_pair):
+    from mlx_lm.models.cache import make_prompt_cache
+
+    ours, theirs = model_pair
+    ids = mx.random.randint(0, 300, (1, 280), key=mx.random.key(5))
+    our_cache, their_cache = ours.make_cache(), make_prompt_cache(theirs)
+    pieces = [(ours(ids[:, :250], cache=our_cache), theirs(ids[:, :250], cache=their_cache))]
+    for t in range(250, 280):  # one token at a time, across the 256-position chunk of both caches
+        pieces.append((ours(ids[:, t : t + 1], cache=our_cache), theirs(ids[:, t : t + 1], cache=their_cache)))
+    ours_all = mx.concatenate([a for a, _ in pieces], axis=1)
+    theirs_all = mx.concatenate([b for _, b in pieces], axis=1)
+    assert relative_difference(ours_all, theirs_all) < 1e-4
+    assert relative_difference(theirs_all, theirs(ids)) < 1e-4  # and both equal full recomputation
+
+
+def test_greedy_generation_matches_mlx_lm_generate_step(model_pair):
+    from mlx_lm.generate import generate_step
+
+    from mlxllm import generate
+
+    ours, theirs = model_pair
+    prompt = mx.random.randint(0, 300, (20,), key=mx.random.key(6)).tolist()
+    expected = [int(token) for token, _ in generate_step(mx.array(prompt), theirs, max_tokens=40)]
+    assert list(generate(ours, prompt, 40, temperature=0)) == expected
