@@ -289,6 +289,9 @@ def save_pretrained(model: TransformerLM, tokenizer, path: str | Path) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hugging Face folder that load_pretrained, mlx-lm and
     transformers open: config.json, model.safetensors, tokenizer files. Built in Chapter 7."""
     hf = config_to_hf(model.config)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has ids up to {tokenizer.vocab_size - 1}, but the model's vocab_size is "
+                         f"{model.config.vocab_size}: is this the tokenizer the model was trained with?")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     weights = weights_to_hf(dict(tree_flatten(model.parameters())), model.config)

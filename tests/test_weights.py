@@ -429,6 +429,9 @@ def test_save_pretrained_refuses_what_no_hf_family_expresses(tmp_path):
     model = TransformerLM(ModelConfig.gpt2(vocab_size=260, dims=32, n_layers=1, n_heads=4, norm="rmsnorm"))
     with pytest.raises(ValueError, match="no Hugging Face equivalent: norm='rmsnorm'"):
         save_pretrained(model, tokenizer, tmp_path)
+    model = TransformerLM(ModelConfig.gpt2(vocab_size=200, dims=32, n_layers=1, n_heads=4))
+    with pytest.raises(ValueError, match="tokenizer has ids up to 259, but the model's vocab_size is 200"):
+        save_pretrained(model, tokenizer, tmp_path)
 
 
 # ---------------------------------------------------------------------------- the Hub
