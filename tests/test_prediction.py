@@ -293,3 +293,17 @@ def test_stream_text_is_lazy():
 
     stream = stream_text(ids(), ByteTokenizer())
     assert next(stream) == "a" and consumed == [ord("a")]
+
+
+def test_stream_text_with_the_gpt2_tokenizer_keeps_characters_whole():
+    import mlxllm.data
+    from mlxllm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_gpt2_files(mlxllm.data.get_path("gpt2-vocab"), mlxllm.data.get_path("gpt2-merges"))
+    text = "MLX 🦙 猫が座った"
+    ids = tokenizer.encode(text)
+    pieces_of_tokens = [tokenizer.decode_bytes([i]) for i in ids]
+    assert b"\xf0\x9f" in pieces_of_tokens[2] and len(ids) > len(text)  # GPT-2 splits 🦙 and 猫 across tokens
+    pieces = list(stream_text(ids, tokenizer))
+    assert "".join(pieces) == text and not any("\ufffd" in piece for piece in pieces)
+    assert "🦙" in pieces and "猫" in pieces
