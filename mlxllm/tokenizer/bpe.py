@@ -132,7 +132,7 @@ class Tokenizer:
         documents = [text] if isinstance(text, str) else text
         splitter = Splitter(pattern)
         special_re = _alternation(sorted(special_tokens, key=len, reverse=True))
-        chunk_counts = count_chunks(documents, splitter.findall, special_re)
+        chunk_counts = count_chunks(documents, splitter, special_re)
         if not chunk_counts:
             raise ValueError("no text to train on: the text is empty (or only special tokens)")
         vocab = {b: bytes([b]) for b in range(256)}

@@ -5,6 +5,8 @@ GPT-2 (r50k) and GPT-4 (cl100k_base) / GPT-4o (o200k_base), written for the `reg
 """
 
 import re
+from collections.abc import Iterator
+from operator import itemgetter
 
 import regex
 
@@ -78,3 +80,8 @@ class Splitter:
         if self.ascii is not None and text.isascii():
             return self.ascii.findall(text)
         return self.compiled.findall(text)
+
+    def iter_chunks(self, text: str) -> Iterator[str]:
+        """The same chunks as `findall`, one at a time (memory does not grow with the text)."""
+        compiled = self.ascii if self.ascii is not None and text.isascii() else self.compiled
+        return map(itemgetter(0), compiled.finditer(text))

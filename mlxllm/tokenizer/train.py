@@ -16,6 +16,10 @@ from collections.abc import Iterable
 
 from tqdm import tqdm  # not tqdm.auto: in Jupyter without ipywidgets it warns on import (every chapter imports mlxllm)
 
+from .patterns import Splitter
+
+_LIST_LIMIT = 1 << 22  # characters; longer texts are split lazily to bound memory
+
 # Heap keys sort ascending, but ties must go to the *greatest* pair of byte strings.
 # Mapping each byte b to chr(255 - b) and ending every token with chr(256) turns
 # "greater bytes" into "smaller string", prefixes included ("ab" > "a" becomes key("ab") < key("a")).
@@ -119,13 +123,19 @@ def train_merges(
     return merges
 
 
-def count_chunks(documents: Iterable[str], split, special_re=None) -> Counter[bytes]:
-    """Distinct chunks (UTF-8 bytes) of all documents with their counts; specials are cut out."""
+def count_chunks(documents: Iterable[str], splitter: Splitter, special_re=None) -> Counter[bytes]:
+    """Distinct chunks (UTF-8 bytes) of all documents with their counts; specials are cut out.
+
+    Memory grows with the distinct chunks: a long document is split lazily (no list of all chunks).
+    """
     text_counts: Counter[str] = Counter()
     for document in documents:
         if not isinstance(document, str):
             raise TypeError(f"training documents must be str, got {type(document).__name__}")
         pieces = special_re.split(document) if special_re is not None else (document,)
         for piece in pieces:
-            text_counts.update(split(piece))
+            if len(piece) <= _LIST_LIMIT:
+                text_counts.update(splitter.findall(piece))  # a list: fastest
+            else:
+                text_counts.update(splitter.iter_chunks(piece))
     return Counter({chunk.encode("utf-8"): count for chunk, count in text_counts.items()})
