@@ -2,8 +2,9 @@
 
 By default a random LLaMA-shaped model (SmolLM2's layout, smaller) with GPT-2's tokenizer is written
 with ``save_pretrained``; both libraries load that folder, decode greedily from the same prompt, and
-must produce the same tokens. Runs are interleaved and the best of ``--trials`` is reported. ``--repo HuggingFaceTB/SmolLM2-135M`` times a real checkpoint instead
-(needs huggingface_hub and the network; on a Mac this runs on the GPU).
+must produce the same tokens. Runs are interleaved and the best of ``--trials`` is reported.
+``--repo HuggingFaceTB/SmolLM2-135M`` times a real checkpoint instead (needs huggingface_hub and the
+network; on a Mac this runs on the GPU).
 
     python benchmarks/bench_pretrained.py [--tokens 128] [--dtype float32|bfloat16] [--repo ID]
 """

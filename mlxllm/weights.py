@@ -266,10 +266,10 @@ def load_pretrained(path_or_repo_id: str | Path, dtype: mx.Dtype | str | None = 
     ``dtype=None`` keeps the stored dtype (bfloat16 for most recent models); ``"float32"`` upcasts.
     """
     folder = checkpoint_folder(path_or_repo_id)
-    return load_model(folder, dtype), load_tokenizer(folder)
+    return model_from_hf(folder, dtype), tokenizer_from_hf(folder)
 
 
-def load_model(folder: str | Path, dtype: mx.Dtype | str | None = None) -> TransformerLM:
+def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> TransformerLM:
     """The model alone from a local checkpoint folder (``load_pretrained`` without the tokenizer)."""
     dtype, folder = _dtype(dtype), Path(folder)
     if not (folder / "config.json").exists():
@@ -390,7 +390,7 @@ def tokenizer_to_json(tokenizer: Tokenizer) -> dict:
     }
 
 
-def load_tokenizer(folder: str | Path) -> Tokenizer:
+def tokenizer_from_hf(folder: str | Path) -> Tokenizer:
     """The tokenizer of a checkpoint folder: tokenizer.json, else GPT-2's vocab.json + merges.txt."""
     folder = Path(folder)
     if (folder / "tokenizer.json").exists():

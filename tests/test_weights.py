@@ -23,7 +23,7 @@ from mlxllm import ModelConfig, TransformerLM, load_pretrained, save_pretrained
 from mlxllm.data import get_path
 from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer
 from mlxllm.tokenizer.files import _gpt2_byte_to_unicode
-from mlxllm.weights import GPT2_DIGITS_SPLIT_PATTERN, load_model, tokenizer_from_json
+from mlxllm.weights import GPT2_DIGITS_SPLIT_PATTERN, model_from_hf, tokenizer_from_json
 
 IDS = mx.array([[3, 17, 5, 250, 11, 42, 7, 99, 1, 64, 300, 2]])  # (1, 12), below every test vocab size
 
@@ -114,7 +114,7 @@ def mlx_lm_logits(folder) -> mx.array:
 @pytest.mark.parametrize("model_type,tied", [("llama", False), ("llama", True), ("mistral", False), ("qwen2", True)])
 def test_llama_family_logits_match_mlx_lm(tmp_path, model_type, tied):
     write_llama(tmp_path, 320, model_type, tied)
-    model = load_model(tmp_path)
+    model = model_from_hf(tmp_path)
     assert model.config.position == "rope" and model.config.n_kv_heads == 2 and model.config.tie_embeddings == tied
     assert model.config.qkv_bias == (model_type == "qwen2")
     assert rel_diff(model(IDS), mlx_lm_logits(tmp_path)) < 1e-4
@@ -122,7 +122,7 @@ def test_llama_family_logits_match_mlx_lm(tmp_path, model_type, tied):
 
 def test_gpt2_logits_match_mlx_lm(tmp_path):
     write_gpt2(tmp_path, 320)
-    model = load_model(tmp_path)
+    model = model_from_hf(tmp_path)
     assert model.config.activation == "gelu_tanh" and model.config.tie_embeddings
     assert rel_diff(model(IDS), mlx_lm_logits(tmp_path)) < 1e-4
 
@@ -131,30 +131,30 @@ def test_gpt2_key_variants_load_the_same_model(tmp_path):
     """Keys with the GPT2LMHeadModel `transformer.` prefix and the legacy attn.masked_bias buffer."""
     write_gpt2(tmp_path / "plain", 320)
     write_gpt2(tmp_path / "prefixed", 320, prefix="transformer.", masked_bias=True)
-    logits = load_model(tmp_path / "plain")(IDS)
-    assert mx.array_equal(load_model(tmp_path / "prefixed")(IDS), logits)
+    logits = model_from_hf(tmp_path / "plain")(IDS)
+    assert mx.array_equal(model_from_hf(tmp_path / "prefixed")(IDS), logits)
 
 
 def test_sharded_checkpoint_loads_the_same_model(tmp_path):
     write_llama(tmp_path / "one", 320)
     write_llama(tmp_path / "three", 320, shards=3)
     assert len(list((tmp_path / "three").glob("model-*-of-00003.safetensors"))) == 3
-    assert mx.array_equal(load_model(tmp_path / "three")(IDS), load_model(tmp_path / "one")(IDS))
+    assert mx.array_equal(model_from_hf(tmp_path / "three")(IDS), model_from_hf(tmp_path / "one")(IDS))
 
 
 def test_dtype_bfloat16_weights(tmp_path):
     write_llama(tmp_path, 320)
-    model16 = load_model(tmp_path, dtype="bfloat16")
+    model16 = model_from_hf(tmp_path, dtype="bfloat16")
     assert {p.dtype for _, p in tree_flatten(model16.parameters())} == {mx.bfloat16}
-    assert load_model(tmp_path).token_embedding.weight.dtype == mx.float32  # None keeps the stored dtype
-    assert rel_diff(model16(IDS).astype(mx.float32), load_model(tmp_path)(IDS)) < 0.05  # bf16: ~3 digits
+    assert model_from_hf(tmp_path).token_embedding.weight.dtype == mx.float32  # None keeps the stored dtype
+    assert rel_diff(model16(IDS).astype(mx.float32), model_from_hf(tmp_path)(IDS)) < 0.05  # bf16: ~3 digits
     with pytest.raises(ValueError, match="dtype must be"):
-        load_model(tmp_path, dtype="fp8")
+        model_from_hf(tmp_path, dtype="fp8")
 
 
 def test_kv_cached_decoding_of_a_loaded_model_matches_full_forward(tmp_path):
     write_llama(tmp_path, 320)
-    model = load_model(tmp_path)
+    model = model_from_hf(tmp_path)
     cache = model.make_cache()
     model(IDS[:, :8], cache=cache)
     step = model(IDS[:, 8:9], cache=cache)[:, -1]
@@ -168,7 +168,7 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "intermediate_size": 96}))
     with pytest.raises(ValueError, match=r"'model\.layers\.0\.mlp\.(down|gate|up)_proj\.weight' has shape \((48, 80|80, 48)\).*\((48, 96|96, 48)\)"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 def test_gpt2_fused_qkv_of_the_wrong_width_is_reported(tmp_path):
@@ -176,7 +176,7 @@ def test_gpt2_fused_qkv_of_the_wrong_width_is_reported(tmp_path):
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "n_embd": 40, "n_head": 4}))
     with pytest.raises(ValueError, match=r"'h\.0\.attn\.c_attn\.weight' has shape \(96, 32\).*\(120, 40\)"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
@@ -186,11 +186,11 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     weights["model.layers.1.self_attn.extra_proj.weight"] = mx.zeros((2, 2))
     mx.save_safetensors(str(tmp_path / "model.safetensors"), weights)
     with pytest.raises(ValueError, match=r"missing 1 parameter.*blocks\.1\.ffn_norm\.weight"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
     weights["model.layers.1.post_attention_layernorm.weight"] = mx.ones((48,))
     mx.save_safetensors(str(tmp_path / "model.safetensors"), weights)
     with pytest.raises(ValueError, match=r"1 key\(s\) this model does not use.*model\.layers\.1\.self_attn\.extra_proj\.weight"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 def test_untied_config_without_lm_head_is_missing_a_key(tmp_path):
@@ -198,7 +198,7 @@ def test_untied_config_without_lm_head_is_missing_a_key(tmp_path):
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "tie_word_embeddings": False}))
     with pytest.raises(ValueError, match=r"missing.*'head\.weight'"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.999, 20 / 10**6])
@@ -208,14 +208,14 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path, cut):
     data = path.read_bytes()
     path.write_bytes(data[: max(int(len(data) * cut), 20)])
     with pytest.raises(ValueError, match=r"cannot read .*model\.safetensors.*damaged or incomplete"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 def test_missing_shard_is_named(tmp_path):
     write_llama(tmp_path, 320, shards=2)
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -232,7 +232,7 @@ def test_unsupported_configs_are_refused_by_name(tmp_path, change, message):
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, **change}))
     with pytest.raises(ValueError, match=message):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 def test_rope_parameters_of_transformers_5_are_read(tmp_path):
@@ -240,25 +240,25 @@ def test_rope_parameters_of_transformers_5_are_read(tmp_path):
     hf = json.loads((tmp_path / "config.json").read_text())
     del hf["rope_theta"], hf["rope_scaling"]
     (tmp_path / "config.json").write_text(json.dumps({**hf, "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}))
-    assert load_model(tmp_path).config.rope_theta == 5000.0
+    assert model_from_hf(tmp_path).config.rope_theta == 5000.0
 
 
 def test_mistral_sliding_window_caps_the_context(tmp_path):
     write_llama(tmp_path, 320, "mistral")
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "sliding_window": 32}))
-    assert load_model(tmp_path).config.context_length == 32
+    assert model_from_hf(tmp_path).config.context_length == 32
 
 
 def test_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(llama_hf_config("llama", 320, False)))
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80")
     with pytest.raises(ValueError, match=r"PyTorch pickles .*only \.safetensors"):
-        load_model(tmp_path)
+        model_from_hf(tmp_path)
 
 
 # ---------------------------------------------------------------------------- tokenizers against HF `tokenizers`
