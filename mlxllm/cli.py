@@ -62,6 +62,8 @@ def train(args: argparse.Namespace) -> None:
     overrides = {name: value for name, value in (("steps", args.steps), ("batch_size", args.batch_size),
                                                  ("context", args.context), ("lr", args.lr), ("seed", args.seed),
                                                  ("dtype", args.dtype)) if value is not None}
+    if not args.resume and args.preset not in PRESETS:  # before anything is created on disk
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     main = is_main(world())  # under mlx.launch rank 0 alone writes and prints (Appendix, Data-parallel training)
     say = print if main else lambda *_: None
     out = writable_folder(args.out) if main else Path(args.out)
@@ -73,8 +75,6 @@ def train(args: argparse.Namespace) -> None:
         trainer = Trainer.resume(out, train_ids, val_ids, config)
         say(f"resuming {out} at step {trainer.step} of {trainer.config.steps}")
     else:
-        if args.preset not in PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
         if (out / "config.json").exists():
             raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
         preset = PRESETS[args.preset]
