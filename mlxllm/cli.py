@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         command = f"mlxllm {args.command}" if "args" in locals() else "mlxllm"
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # data parallel: another rank died, so its connection closed
+        if not str(error).startswith("[ring]"):
+            raise
+        print(f"mlxllm {args.command}: error: another rank stopped ({error}); see its message", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

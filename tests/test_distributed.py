@@ -109,6 +109,14 @@ def test_ranks_with_different_settings_all_stop_with_one_message(tmp_path):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_when_a_rank_dies_the_other_exits_with_an_error_instead_of_hanging(tmp_path):
+    # rank 1 is killed (SIGKILL: no chance to say goodbye) a few seconds into a long run
+    die = 'if [ "$MLX_RANK" = 1 ]; then (sleep 4; kill -9 $$) & fi; exec "$@" --steps 100000 --out out'
+    result = launch(["sh", "-c", die, "sh", *TRAIN], tmp_path)
+    assert result.returncodes[1] == -9, result.stderr
+    assert result.returncodes[0] not in (0, None), result.stderr
+
+
 def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path):
     result = launch([*TRAIN, "--steps", "2", "--out", "out", "--batch-size", "5"], tmp_path)
     assert None not in result.returncodes and 0 not in result.returncodes, result.stderr
