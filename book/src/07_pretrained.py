@@ -475,7 +475,10 @@ except ValueError as error:
 # download GPT-2 124M (float32, ~550 MB) and SmolLM2-135M (bfloat16, ~270 MB) through `huggingface_hub`
 # (`pip install 'mlxllm[hub]'`; cached after the first time) and generate on the Mac's GPU. By default they
 # run on our two tiny local checkpoints, so this cell is tested offline; their text is random-weight
-# gibberish, but mlx-lm, decoding greedily from the same folder, must produce the very same tokens.
+# gibberish, but mlx-lm, decoding greedily from the same folder, must produce the very same tokens. (With
+# bfloat16 weights on a GPU the two implementations round a few intermediate results differently, so long
+# greedy continuations may part ways after a near-tie; the prompt's logits must still agree to bfloat16's
+# precision.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -491,8 +494,11 @@ for name, where in checkpoints.items():
     reference, _ = mlx_lm_load_model(checkpoint_folder(where))
     reference_ids = [int(t) for t, _ in generate_step(mx.array(prompt), reference, max_tokens=30)]
     same = sum(a == b for a, b in zip(new_ids, reference_ids))
-    assert new_ids[:10] == reference_ids[:10]
     dtype = model.token_embedding.weight.dtype
+    x = mx.array([prompt])  # the prompt's logits agree to float32 rounding, or to bfloat16's ~3 digits
+    tolerance = 1e-4 if dtype == mx.float32 else 5e-2
+    assert relative_difference(model(x).astype(mx.float32), reference(x).astype(mx.float32)) < tolerance
+    assert new_ids[0] == reference_ids[0] and (DOWNLOAD_REAL_MODELS or new_ids == reference_ids)
     print(f"{name} ({model.num_parameters() / 1e6:.1f}M parameters, {dtype}, {mx.default_device()}), "
           f"{same}/30 tokens equal to mlx-lm's:")
     print("   ", repr(prompt_text + tokenizer.decode(new_ids)))
