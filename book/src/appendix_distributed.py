@@ -93,7 +93,8 @@ print("\n".join(line for line in source if "average_gradients" in line or "data 
 
 # %% [markdown]
 # The rest of the trainer's changes are bookkeeping: only rank 0 shows the progress bar and writes
-# checkpoints and metrics; evaluation splits its batches the same way and averages; the checkpoint
+# checkpoints and metrics; evaluation splits its batches the same way and averages; dropout masks are
+# drawn from the step's seed combined with the rank (different rows, different masks); the checkpoint
 # records how many ranks wrote it, and resuming with another number says so (the global batches are the
 # same, the rounding is not, so the continuation is close but not bit-identical).
 
@@ -156,7 +157,8 @@ for s, count in enumerate(history):
     ax.imshow(count, cmap="Blues", vmin=0, vmax=N + 1)
     for r in range(N):
         for c in range(N):
-            ax.text(c, r, count[r, c], ha="center", va="center", fontsize=6)
+            done = count[r, c] == N  # this rank holds the complete sum of this chunk
+            ax.text(c, r, count[r, c], ha="center", va="center", fontsize=6, color="white" if done else "black")
     ax.set_xticks([]), ax.set_yticks([])
     phase = "start" if s == 0 else ("reduce-scatter" if s < N else "all-gather")
     ax.set_title(f"{phase}\nstep {s}" if s else phase, fontsize=7)
