@@ -71,6 +71,12 @@ def test_two_ranks_equal_one_process_on_the_same_global_batches(runs):
     two_loss = json.loads((two / "metrics.json").read_text())["loss"]
     assert len(single_loss) == len(two_loss) == 4
     assert single_loss == pytest.approx(two_loss, abs=1e-5)
+    # evaluation: each rank scores its rows of the same batches, the ranks average
+    single_eval = json.loads((one / "metrics.json").read_text())["eval"]
+    two_eval = json.loads((two / "metrics.json").read_text())["eval"]
+    assert single_eval["step"] == two_eval["step"] == [0, 4]
+    assert single_eval["val_loss"] == pytest.approx(two_eval["val_loss"], abs=1e-5)
+    assert single_eval["train_loss"] == pytest.approx(two_eval["train_loss"], abs=1e-5)
     assert json.loads((two / "state.json").read_text())["world_size"] == 2
     assert json.loads((one / "state.json").read_text())["world_size"] == 1
 
