@@ -292,8 +292,11 @@ def test_allowed_special_errors(gpt2):
 def test_encode_iterable_equals_encode_on_lines(request, shakespeare, name):
     tokenizer = request.getfixturevalue(name)
     text = shakespeare[:100_000] + "\n\n   \n  indented\r\n\r\n<|endoftext|>\n it's  \n"
-    lines = io.StringIO(text)
-    assert list(tokenizer.encode_iterable(lines, allowed_special="all")) == tokenizer.encode(text, allowed_special="all")
+    expected = tokenizer.encode(text, allowed_special="all")
+    assert list(tokenizer.encode_iterable(io.StringIO(text), allowed_special="all")) == expected
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mlxllm.tokenizer.bpe._ITERABLE_BLOCK", 0)  # look for a cut after every line
+        assert list(tokenizer.encode_iterable(io.StringIO(text), allowed_special="all")) == expected
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -301,7 +304,8 @@ def test_encode_iterable_equals_encode_on_lines(request, shakespeare, name):
     pieces=st.lists(st.sampled_from(list(" \n\r\tab'sl1é中👍") + ["<|endoftext|>", "<|end", "'ll"])),
     cuts=st.lists(st.integers(0, 60)),
 )
-def test_encode_iterable_equals_encode_for_any_cut(gpt2, cl100k, pieces, cuts):
+def test_encode_iterable_equals_encode_for_any_cut(monkeypatch, gpt2, cl100k, pieces, cuts):
+    monkeypatch.setattr("mlxllm.tokenizer.bpe._ITERABLE_BLOCK", 0)  # look for a cut after every piece
     text = "".join(pieces)
     points = sorted(set(min(c, len(text)) for c in cuts))
     pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)])]
@@ -312,8 +316,8 @@ def test_encode_iterable_equals_encode_for_any_cut(gpt2, cl100k, pieces, cuts):
 
 def test_encode_iterable_is_lazy(gpt2):
     def lines():
-        yield from ["First Citizen:\n", "Before we proceed any further, hear me speak.\n"] * 50
-        raise AssertionError("read too far")
+        yield from ["First Citizen:\n", "Before we proceed any further, hear me speak.\n"] * 5000  # 300 kB
+        raise AssertionError("read too far")  # the first ids must come long before this
 
     first = list(itertools.islice(gpt2.encode_iterable(lines()), 20))
     assert gpt2.decode(first).startswith("First Citizen:\nBefore we proceed")

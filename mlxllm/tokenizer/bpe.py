@@ -18,6 +18,7 @@ from .train import count_chunks, train_merges
 
 _NO_RANK = sys.maxsize
 _CACHE_LIMIT = 1 << 18  # chunks remembered by encode before the cache starts afresh
+_ITERABLE_BLOCK = 1 << 16  # characters encode_iterable gathers before it looks for a cut
 
 
 def apply_merges(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
@@ -61,9 +62,10 @@ class _ChunkCache(dict):
 class Tokenizer:
     """Byte-level BPE with regex pre-splitting and special tokens; equals tiktoken on its files.
 
-    Built in Chapter 1, Tokenization. `merges` are (left id, right id, new id) in rank order,
-    `byte_ids[b]` is the id of the single byte b (cl100k permutes them), `special_tokens`
-    maps str -> id. Use `Tokenizer.train`, `from_gpt2_files`, `from_tiktoken_file` or `load`.
+    Built in Chapter 1, Tokenization. The constructor takes the merges as (left id, right id,
+    new id) in rank order, `byte_ids[b]` = the id of the single byte b (cl100k permutes them)
+    and `special_tokens` (str -> id); usually you call `Tokenizer.train`, `from_gpt2_files`,
+    `from_tiktoken_file` or `load` instead.
     """
 
     def __init__(
@@ -224,6 +226,8 @@ class Tokenizer:
             if not isinstance(text, str):
                 raise TypeError(f"encode_iterable expects str items, got {type(text).__name__}")
             buffer += text
+            if len(buffer) < _ITERABLE_BLOCK:
+                continue  # gather some text first: one encode call per block, not per line
             cut = self._safe_cut(buffer)
             if cut:
                 yield from self.encode(buffer[:cut], allowed_special)
@@ -252,7 +256,9 @@ class Tokenizer:
                 start = found.end()
         cut = start
         segment = text[start:stop]  # encode() splits this segment on its own
-        for found in self._splitter.compiled.finditer(segment):
+        splitter = self._splitter
+        compiled = splitter.ascii if splitter.ascii is not None and segment.isascii() else splitter.compiled
+        for found in compiled.finditer(segment):
             position = found.start()
             if start + position > limit:
                 break
