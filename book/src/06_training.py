@@ -1,0 +1,483 @@
+# %% [markdown]
+# # 6. Training: from a corpus to a model that writes
+#
+# ```
+# text ──tokenization──▶ token ids ──embedding──▶ T×C vectors ──N × transformer block──▶ T×C ──prediction──▶ T×V
+#                                                                                                   ▲
+#                                          the loss at the end flows back through every stage ──────┘
+# ```
+#
+# Chapter 5 ended with a model whose predictions are nearly uniform: its loss is ≈ ln V. Training
+# lowers that loss by nudging every parameter a little against its gradient, millions of times. MLX's
+# own idiom is the skeleton of this chapter:
+#
+# 1. `nn.value_and_grad(model, loss_fn)` gives the loss *and* its gradient with respect to every parameter;
+# 2. an optimizer (AdamW) turns gradients into parameter updates, with a learning-rate **schedule**
+#    (warmup, then cosine decay) and **gradient clipping**;
+# 3. `mx.compile` fuses the whole step into one graph over the model, optimizer and random state;
+# 4. one `mx.eval` per step makes MLX's lazy arrays real, exactly once.
+#
+# Around it: **batches** cut from a tokenized corpus, **evaluation** on held-out text, **checkpoints**
+# from which training resumes *exactly*, and the `mlxllm` command. We train the `tiny` preset on
+# tinyshakespeare (character level, as nanoGPT's `shakespeare-char`) and sample from it.
+# Shapes: `B` batch, `T` tokens (context), `V` vocabulary (65 characters).
+
+# %%
+import inspect
+import math
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+import mlxllm.data as data
+import mlxllm.training as training
+from mlxllm import ModelConfig, TransformerLM, bits_per_byte, cross_entropy, generate
+from mlxllm.char_tokenizer import CharTokenizer
+from mlxllm.training import PRESETS, TrainConfig, Trainer, load_model, lr_schedule, make_optimizer
+
+# %% [markdown]
+# ## 6.1 The corpus as one long array of ids
+#
+# tinyshakespeare is 1.1 MB of plays. A **character-level** tokenizer (one id per distinct character,
+# sorted) keeps the model small and the samples readable; it has the same `encode` / `decode` /
+# `save` / `load` surface as the BPE `Tokenizer` of Chapter 1, so everything below works with either.
+# `data.tokenize_corpus` encodes the corpus once and caches the ids as a `.npy` file keyed by the
+# corpus *and* the tokenizer (a retrained tokenizer never reuses stale ids).
+
+# %%
+text = data.get_path("tinyshakespeare").read_text(encoding="utf-8")
+tokenizer = CharTokenizer.train(text)
+ids = data.tokenize_corpus("tinyshakespeare", tokenizer)
+print(f"{len(text):,} characters, vocabulary of {tokenizer.vocab_size}: {''.join(tokenizer.chars)!r}")
+print("ids:", ids.shape, ids.dtype, ids[:12].tolist(), "→", repr(tokenizer.decode(ids[:12])))
+assert tokenizer.decode(ids.tolist()) == text
+
+# %% [markdown]
+# **The split rule.** The first 90% of the ids train, the last 10% validate (nanoGPT's rule). A
+# contiguous tail keeps validation text truly unseen: random windows from an interleaved split would
+# overlap training windows and flatter the model.
+
+# %%
+train_ids, val_ids = data.split_ids(ids, val_fraction=0.1)
+print(f"train {len(train_ids):,} ids, validation {len(val_ids):,} ids")
+print(inspect.getsource(data.split_ids))
+
+# %% [markdown]
+# **A baseline to beat.** A model that ignores context and always predicts the training set's
+# character frequencies (a *unigram* model) scores this cross-entropy on the validation text. Any model
+# that has learned something about context must end well below it.
+
+# %%
+counts = np.bincount(train_ids, minlength=tokenizer.vocab_size) + 1  # +1: no character gets probability 0
+unigram_logprob = np.log(counts / counts.sum())
+unigram_loss = float(-unigram_logprob[val_ids].mean())
+print(f"uniform guess: ln {tokenizer.vocab_size} = {math.log(tokenizer.vocab_size):.4f} nats/char")
+print(f"unigram baseline on validation: {unigram_loss:.4f} nats/char")
+
+# %% [markdown]
+# ## 6.2 Batches: random windows and their shift by one
+#
+# A training example is a window of `T + 1` consecutive ids: the first `T` are the input, the last `T`
+# the targets: position `t` must predict the id at `t + 1` (Chapter 5's shifted targets). A batch is `B`
+# windows starting at random offsets drawn from an explicit **key**: the same key gives the same batch,
+# which is what makes a run, and a resumed run, reproducible.
+
+# %%
+train = mx.array(train_ids.astype(np.int32))
+inputs, targets = data.get_batch(train, batch_size=4, context=16, key=mx.random.key(0))
+print("inputs ", inputs.shape, inputs.dtype, " targets", targets.shape)
+for row in range(2):
+    print(repr(tokenizer.decode(inputs[row].tolist())), "→", repr(tokenizer.decode(targets[row].tolist())))
+assert mx.array_equal(inputs[:, 1:], targets[:, :-1])  # the same text, one step later
+assert mx.array_equal(data.get_batch(train, 4, 16, mx.random.key(0))[0], inputs)  # same key, same batch
+print(inspect.getsource(data.get_batch))
+
+# %% [markdown]
+# ## 6.3 The loss and its gradient
+#
+# The loss is Chapter 5's `cross_entropy`: the mean over the `B × T` positions of −log p(target). At
+# initialisation it is ≈ ln 65 ≈ 4.17. `nn.value_and_grad(model, f)` wraps `f(model, ...)` into a function
+# that returns `f`'s value and the gradient with respect to every trainable parameter, as a tree shaped
+# like `model.parameters()`.
+
+# %%
+mx.random.seed(0)
+model = TransformerLM(PRESETS["tiny"].model_config(tokenizer.vocab_size))
+
+
+def loss_fn(model, inputs, targets):
+    return cross_entropy(model(inputs), targets)
+
+
+loss_and_grad = nn.value_and_grad(model, loss_fn)
+loss, grads = loss_and_grad(model, inputs, targets)
+print(f"loss at init {loss.item():.4f} (ln 65 = {math.log(65):.4f})")
+for name, g in tree_flatten(grads)[:4]:
+    print(f"  d loss / d {name:<32} {g.shape}")
+assert abs(loss.item() - math.log(65)) < 0.1
+
+# %% [markdown]
+# A gradient is a promise: nudging a parameter by ε changes the loss by ≈ ε × gradient. We check it
+# for one weight with a central finite difference (in float32, so ε cannot be tiny).
+
+# %%
+w = model.blocks[0].ffn.up_proj.weight
+i, j, eps = 3, 5, 1e-2
+analytic = grads["blocks"][0]["ffn"]["up_proj"]["weight"][i, j].item()
+losses_at = []
+for delta in (+eps, -eps):
+    nudged = w.tolist()
+    nudged[i][j] += delta
+    model.blocks[0].ffn.up_proj.weight = mx.array(nudged)
+    losses_at.append(loss_fn(model, inputs, targets).item())
+model.blocks[0].ffn.up_proj.weight = w
+numeric = (losses_at[0] - losses_at[1]) / (2 * eps)
+print(f"analytic {analytic:.5f}   finite difference {numeric:.5f}")
+assert abs(analytic - numeric) < 1e-3 + 0.05 * abs(analytic)
+
+# %% [markdown]
+# ## 6.4 AdamW, and why weight decay skips norms, biases and embeddings
+#
+# Plain gradient descent moves each parameter by `lr × gradient`. **Adam** keeps, per parameter, running
+# averages of the gradient (`m`, momentum) and of its square (`v`), and moves by `lr × m̂ / (√v̂ + ε)`:
+# every parameter takes steps of similar size whatever the scale of its gradient. **AdamW** adds
+# *decoupled* weight decay: each step also shrinks the weight by a factor `(1 − lr × λ)`, a gentle pull
+# toward zero that regularises.
+#
+# That pull only makes sense for **matrices** (the linear layers). A norm's scale `γ` starts at 1 and
+# *is* the gain of a layer: decaying it toward 0 fights the normalisation. A bias is an offset, not a
+# strength. An embedding row is a token's identity, and rare tokens (seldom updated) would simply fade
+# away. So the optimizer has two groups sharing one schedule; `training.decays` picks the matrices:
+
+# %%
+print(inspect.getsource(training.decays))
+groups = {True: [], False: []}
+for name, p in tree_flatten(model.trainable_parameters()):
+    groups[training.decays(name, p)].append(name)
+print("decayed:    ", groups[True][:6], "...", len(groups[True]), "tensors")
+print("not decayed:", groups[False])
+assert all("norm" in n or "embedding" in n for n in groups[False])
+
+# %% [markdown]
+# One AdamW step by hand equals the package's optimizer. With bias correction (as PyTorch and nanoGPT),
+# the first step of Adam moves every parameter by ≈ lr × sign(gradient).
+
+# %%
+config = TrainConfig(lr=1e-2, min_lr=1e-2, warmup=0, weight_decay=0.1, beta1=0.9, beta2=0.99)
+optimizer = make_optimizer(model, config)
+before = dict(tree_flatten(model.parameters()))
+flat_grads = dict(tree_flatten(grads))
+
+
+def adamw_first_step(p, g, lr, beta1, beta2, decay, eps=1e-8):
+    m, v = (1 - beta1) * g, (1 - beta2) * g * g
+    m_hat, v_hat = m / (1 - beta1), v / (1 - beta2)  # bias correction at step 1
+    return p * (1 - lr * decay) - lr * m_hat / (mx.sqrt(v_hat) + eps)
+
+
+optimizer.update(model, grads)
+after = dict(tree_flatten(model.parameters()))
+for name in ("blocks.0.attention.q_proj.weight", "blocks.0.attention_norm.weight", "token_embedding.weight"):
+    decay = config.weight_decay if training.decays(name, before[name]) else 0.0
+    by_hand = adamw_first_step(before[name], flat_grads[name], config.lr, config.beta1, config.beta2, decay)
+    print(f"{name:<34} decay {decay}: max |by hand − package| = {mx.abs(by_hand - after[name]).max().item():.1e}")
+    assert mx.allclose(by_hand, after[name], atol=1e-6)
+print(inspect.getsource(make_optimizer))
+
+# %% [markdown]
+# ## 6.5 The learning-rate schedule: warmup, then cosine
+#
+# Early on, Adam's running averages hold almost nothing and the gradients of a random model point in
+# unreliable directions: big steps there can wreck the initialisation. **Warmup** raises the learning
+# rate linearly over the first steps. After the peak, a **cosine** curve lowers it smoothly to `min_lr`
+# at the last step, so the model settles into a minimum instead of bouncing around it. The schedule is
+# written with `mx` operations so that the optimizer can evaluate it *inside* the compiled step.
+
+# %%
+print(inspect.getsource(lr_schedule))
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.4))
+for ax, name in zip(axes, ("tiny", "nanogpt-cpu")):
+    c = PRESETS[name].train
+    schedule = lr_schedule(c)
+    steps = np.arange(c.steps + 1)
+    ax.plot(steps, [schedule(int(s)).item() for s in steps])
+    ax.axvline(c.warmup, color="gray", lw=0.8, ls=":")
+    ax.set(title=f"{name}: warmup {c.warmup}, {c.steps} steps", xlabel="step", ylabel="learning rate")
+plt.tight_layout()
+plt.show()
+c = PRESETS["nanogpt-cpu"].train
+schedule = lr_schedule(c)
+assert math.isclose(schedule(c.warmup).item(), c.lr, rel_tol=1e-6)
+assert math.isclose(schedule(c.steps).item(), c.min_lr, rel_tol=1e-5)
+assert math.isclose(schedule((c.warmup + c.steps) // 2).item(), (c.lr + c.min_lr) / 2, rel_tol=1e-5)
+
+# %% [markdown]
+# ## 6.6 Gradient clipping by global norm
+#
+# Now and then a batch produces a huge gradient (a rare character, an unlucky window) and one step
+# undoes many. Clipping measures the **global norm**, √(Σ over all parameters of Σ g²), and if it
+# exceeds a threshold (1.0 here, as nanoGPT) scales *all* gradients down by the same factor: the
+# direction is kept, only the step length is bounded.
+
+# %%
+global_norm = math.sqrt(sum((g**2).sum().item() for g in flat_grads.values()))
+clipped, norm = optim.clip_grad_norm(grads, max_norm=0.5)
+clipped_norm = math.sqrt(sum((g**2).sum().item() for _, g in tree_flatten(clipped)))
+print(f"global norm {global_norm:.4f} (mlx: {norm.item():.4f}); after clipping to 0.5: {clipped_norm:.4f}")
+assert math.isclose(global_norm, norm.item(), rel_tol=1e-4) and math.isclose(clipped_norm, 0.5, rel_tol=1e-3)
+
+# %% [markdown]
+# ## 6.7 The compiled step, and where `mx.eval` goes
+#
+# MLX is **lazy**: `loss_and_grad(...)` and `optimizer.update(...)` only *record* a graph; the work
+# happens when something is evaluated. That makes the placement of `mx.eval` part of correctness.
+# The rule: once per step, evaluate everything the next step will read (the parameters and the
+# optimizer state) *together with* everything you keep (the loss). Here is what happens when the
+# loss is kept in a list but left out of the `mx.eval` (a very common slip): each unevaluated loss holds
+# on to the graph that produces it, including the `B × T × V` logits, so memory grows every step.
+
+# %%
+def run_steps(model, optimizer, n, evaluate_loss):
+    losses, memory = [], []
+    for step in range(n):
+        x, y = data.get_batch(train, 8, 32, mx.random.key(step))
+        loss, grads = loss_and_grad(model, x, y)
+        optimizer.update(model, grads)
+        if evaluate_loss:
+            mx.eval(loss, model.state, optimizer.state)  # the fix: the loss is evaluated with the state
+        else:
+            mx.eval(model.state, optimizer.state)  # the loss stays a lazy graph...
+        losses.append(loss)  # ...and the list keeps every one of them alive
+        memory.append(mx.get_active_memory() / 1e6)
+    return memory
+
+
+mx.random.seed(0)
+demo = TransformerLM(PRESETS["tiny"].model_config(tokenizer.vocab_size))
+loss_and_grad = nn.value_and_grad(demo, loss_fn)
+misplaced = run_steps(demo, optim.AdamW(1e-3), 30, evaluate_loss=False)
+fixed = run_steps(demo, optim.AdamW(1e-3), 30, evaluate_loss=True)
+fig, ax = plt.subplots(figsize=(5, 2.4))
+ax.plot(misplaced, label="loss left out of mx.eval")
+ax.plot(fixed, label="mx.eval(loss, state)")
+ax.set(xlabel="step", ylabel="active memory (MB)")
+ax.legend()
+plt.show()
+growth_misplaced, growth_fixed = misplaced[-1] - misplaced[5], fixed[-1] - fixed[5]
+print(f"growth over 25 steps: {growth_misplaced:.2f} MB misplaced, {growth_fixed:.2f} MB fixed")
+assert growth_misplaced > 1.0 and abs(growth_fixed) < 0.05
+
+# %% [markdown]
+# `mx.compile` turns the step into one traced graph: the first call records it, later calls replay it
+# with fused kernels and no Python overhead. The model, the optimizer state and MLX's random state
+# (dropout) are not arguments of the step, so they are declared as implicit `inputs` and `outputs`:
+# the compiled step reads them and writes their new values back. The package's step, with gradient
+# accumulation, clipping and (every few steps) the update:data diagnostics:
+
+# %%
+print(inspect.getsource(training.make_train_step))
+
+# %% [markdown]
+# `Trainer.train_step` draws the batch, calls the step and evaluates once: the loss, the gradient norm,
+# the learning rate, the parameters and the optimizer state in a single `mx.eval`. A loss that becomes
+# NaN or infinite stops training with a clear error, *before* anything is saved, so the last good
+# checkpoint survives.
+
+# %%
+print(inspect.getsource(Trainer.train_step))
+
+# %% [markdown]
+# ## 6.8 Training the `tiny` preset
+#
+# A preset is a named model + training recipe. `tiny` is two layers of width 64 (about 100k
+# parameters), batches of 8 windows of 32 characters, 200 steps: seconds per hundred steps on a small
+# CPU. `nanogpt-cpu` and `shakespeare-char` are nanoGPT's published recipes; `llama-bpe` is a small
+# LLaMA (RoPE, RMSNorm, SwiGLU, grouped-query attention) on a 2048-token BPE.
+
+# %%
+for name, preset in PRESETS.items():
+    print(f"{name:<17} {preset.description}")
+preset = PRESETS["tiny"]
+print(preset.train)
+
+# %% [markdown]
+# `Trainer.run()` evaluates on fixed validation batches every `eval_interval` steps (the same batches
+# each time, so the curve is not noise) and records, per step, the loss, the learning rate and the
+# gradient norm, and every 10 steps the **update:data ratio** ‖Δθ‖ / ‖θ‖ of each parameter group:
+# Karpathy's rule of thumb is that around 10⁻³ the learning rate is about right; much larger means
+# the weights are being thrown around, much smaller that they barely move.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+trainer = Trainer.create(preset.model_config(tokenizer.vocab_size), preset.train, train_ids, val_ids, tokenizer)
+print(f"{trainer.model.num_parameters():,} parameters")
+final = trainer.run(progress=False)
+evals = trainer.metrics["eval"]
+for step, tl, vl in zip(evals["step"], evals["train_loss"], evals["val_loss"]):
+    print(f"step {step:4}: train {tl:.4f}  val {vl:.4f}")
+val_bpb = trainer.val_bits_per_byte(final["val_loss"])
+print(f"final val {final['val_loss']:.4f} nats/char = {val_bpb:.4f} bits/byte; unigram baseline {unigram_loss:.4f}")
+assert final["val_loss"] < unigram_loss - 0.5  # well below a model that ignores context
+assert final["val_loss"] < evals["val_loss"][0] - 1.0
+
+# %%
+m = trainer.metrics
+fig, axes = plt.subplots(1, 3, figsize=(12, 2.6))
+axes[0].plot(m["step"], m["loss"], lw=0.6, alpha=0.6, label="train (batch)")
+axes[0].plot(evals["step"], evals["train_loss"], "o-", label="train (eval)")
+axes[0].plot(evals["step"], evals["val_loss"], "o-", label="validation")
+axes[0].axhline(unigram_loss, color="gray", ls=":", label="unigram")
+axes[0].set(xlabel="step", ylabel="loss (nats/char)", title="loss")
+axes[0].legend(fontsize=7)
+axes[1].plot(m["step"], m["grad_norm"])
+axes[1].axhline(preset.train.grad_clip, color="gray", ls=":")
+axes[1].set(xlabel="step", title="gradient global norm (clip at 1.0)")
+for group in ("attention", "ffn", "embedding", "norm"):
+    axes[2].plot(m["update_ratio"]["step"], np.log10(m["update_ratio"][group]), label=group)
+axes[2].axhline(-3, color="gray", ls=":")
+axes[2].set(xlabel="step", title="log10 update:data ratio")
+axes[2].legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+assert all(np.isfinite(m["grad_norm"])) and len(m["loss"]) == preset.train.steps
+
+# %% [markdown]
+# ## 6.9 Sampling from the trained model
+#
+# Two hundred steps on a CPU will not write Shakespeare, but the text already has the shape of a play:
+# words of plausible length, spaces, capitals after line breaks, speaker names with colons.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+trainer.model.eval()  # no dropout while sampling
+prompt = "ROMEO:\n"
+new_ids = list(generate(trainer.model, tokenizer.encode(prompt), 24, temperature=0.8, seed=0))
+sample_text = tokenizer.decode(new_ids)
+print(prompt + sample_text)
+letters_or_space = sum(ch.isalpha() or ch in " \n" for ch in sample_text) / len(sample_text)
+assert len(new_ids) == 24 and letters_or_space > 0.7
+
+# %% [markdown]
+# ## 6.10 Checkpoints: save → load → identical logits
+#
+# `Trainer.save(folder)` writes everything a run is made of: `model.safetensors`, `optimizer.safetensors`
+# (Adam's moments and its step counter), `config.json` (model + training config), `state.json` (the step
+# and the key the next batch and dropout are drawn from), the tokenizer, and `metrics.json` (every curve
+# above). Files go to a temporary sub-folder first and are moved into place with `state.json` last.
+# `load_model` rebuilds the model from `config.json` and loads the weights; a checkpoint whose config or
+# shapes don't match the model is refused with a `ValueError` naming the first difference.
+
+# %%
+folder = Path(tempfile.mkdtemp())
+trainer.save(folder)
+print(sorted(p.name for p in folder.iterdir()))
+loaded, loaded_tokenizer = load_model(folder)
+probe = mx.array([tokenizer.encode("To be, or not to be")])
+assert mx.array_equal(loaded(probe), trainer.model(probe))  # bit for bit
+assert loaded_tokenizer.chars == tokenizer.chars
+print("identical logits:", loaded(probe).shape)
+wrong = TransformerLM(ModelConfig.gpt2(vocab_size=65, context_length=32, dims=64, n_layers=3, n_heads=4, bias=False))
+try:
+    training.load_model_weights(wrong, folder)
+except ValueError as error:
+    print("ValueError:", str(error).replace(str(folder), "<folder>"))
+
+# %% [markdown]
+# ## 6.11 Resume, exactly
+#
+# A resumed run must be indistinguishable from one that never stopped. That needs the parameters, both
+# Adam moments, the optimizer's step (it drives the schedule *and* Adam's bias correction), and the
+# random key the next batch and the next step's dropout come from. We train a short run straight
+# through, and the same run stopped halfway, saved, reloaded into a fresh process state and continued:
+
+# %%
+short = TrainConfig(steps=16, batch_size=8, context=32, lr=3e-3, min_lr=3e-4, warmup=4, eval_interval=8,
+                    eval_batches=2)
+dropout_config = preset.model_config(tokenizer.vocab_size, short.context)
+dropout_config.dropout = 0.1  # dropout too: its randomness must resume as well
+straight = Trainer.create(dropout_config, short, train_ids, val_ids, tokenizer)
+straight.run(progress=False)
+half = Trainer.create(dropout_config, short, train_ids, val_ids, tokenizer)
+half.run(until=8, out=folder / "resume", progress=False)
+mx.random.seed(1234)  # whatever happened to the global random state in between
+resumed = Trainer.resume(folder / "resume", train_ids, val_ids)
+resumed.run(progress=False)
+print("straight:", [round(x, 4) for x in straight.metrics["loss"][-4:]])
+print("resumed: ", [round(x, 4) for x in resumed.metrics["loss"][-4:]])
+assert resumed.metrics["loss"] == straight.metrics["loss"]  # all 16 losses, bit for bit
+
+# %% [markdown]
+# ## 6.12 The `mlxllm` command
+#
+# The same pieces behind a command line (`mlxllm/cli.py`):
+#
+# ```
+# mlxllm train --corpus tinyshakespeare --tokenizer char --preset nanogpt-cpu --out runs/cpu
+# mlxllm train --corpus tinyshakespeare --out runs/cpu --resume          # continue after a stop
+# mlxllm generate runs/cpu --prompt "ROMEO:" --max-new-tokens 50 --temperature 0.8 --seed 0
+# mlxllm tokenize --tokenizer gpt2 notes.txt --count
+# ```
+#
+# `train` prints progress (steps/s, tokens/s, loss) and ends with the validation loss in nats/token and
+# bits/byte; mistakes (an unknown preset, corpus or tokenizer, an unwritable `--out`, resuming a missing
+# or incompatible folder) print one line and exit with status 2.
+
+# %%
+from mlxllm import cli
+
+status = cli.main(["tokenize", "--tokenizer", "char", "tinyshakespeare", "--count"])
+assert status == 0
+status = cli.main(["train", "--preset", "huge", "--out", str(folder / "cli")])  # a mistake: one line on stderr
+assert status == 2 and not (folder / "cli").exists()
+
+# %% [markdown]
+# ## 6.13 Speed, and nanoGPT's numbers
+#
+# `benchmarks/bench_train.py` times one optimizer step, side by side in one run, for our `Trainer`
+# step, the same step without `mx.compile`, a minimal step written directly with `mlx.nn` (the MLX
+# examples' idiom; our abstractions should cost nothing), and the same GPT in PyTorch. On this book's
+# CI machine (2 shared cores of an AMD EPYC, Linux) the `mlx[cpu]` wheel uses a slow reference BLAS
+# (a matmul runs at ≈ 5 GFLOP/s, against ≈ 300 for PyTorch's): on such a CPU MLX training is far behind
+# PyTorch whatever code we write, and the numbers say more about the BLAS than about the training
+# loop. MLX is built for Apple GPUs (Metal), and its CUDA backend is the same code; that is where the
+# comparison with PyTorch means something. The closing note of the training work records the measured
+# ratios.
+#
+# **Reproducing nanoGPT.** nanoGPT's README reports, for its CPU recipe (`nanogpt-cpu`: 4 layers, 4
+# heads, 128 dims, context 64, batch 12, 2000 iterations, no dropout), a validation loss of ≈ 1.88, and
+# for `shakespeare-char` on a GPU 1.4697. On a Mac, with the GPU, run the large preset with the
+# variable below switched on, or from the command line:
+#
+# ```
+# mlxllm train --corpus tinyshakespeare --tokenizer char --preset shakespeare-char --out runs/shakespeare-char
+# ```
+
+# %%
+FULL_RUN = False  # True: train nanoGPT's shakespeare-char recipe (6 × 384, 5000 steps; for a Mac GPU)
+if FULL_RUN:
+    big = PRESETS["shakespeare-char"]
+    big_trainer = Trainer.create(big.model_config(tokenizer.vocab_size), big.train, train_ids, val_ids, tokenizer)
+    big_final = big_trainer.run(out="runs/shakespeare-char")
+    print(big_final)
+    assert big_final["val_loss"] < 1.55  # nanoGPT: 1.4697 after 5000 iterations
+print("FULL_RUN =", FULL_RUN)
+
+# %% [markdown]
+# ## What we built
+#
+# - **Data** (`mlxllm.data`): `tokenize_corpus` (ids cached as `.npy`, keyed by corpus and tokenizer),
+#   `split_ids` (last 10% validates), `get_batch` (seeded windows, targets shifted by one), and a
+#   `CharTokenizer` for character-level models.
+# - **The step**: `cross_entropy` → `nn.value_and_grad` → global-norm clipping → AdamW with decay on
+#   matrices only → one compiled graph with the model, optimizer and random state as implicit inputs
+#   and outputs → one `mx.eval` per step (and the memory leak when the loss is left out of it).
+# - **The schedule**: linear warmup and cosine decay to `min_lr`, evaluated inside the compiled step.
+# - **`Trainer`** (`mlxllm.training`): presets, evaluation on fixed batches, diagnostics (gradient norm,
+#   update:data ratio per group), NaN detection, checkpoints, and an exact resume.
+# - **`mlxllm train | generate | tokenize`** on the command line.
