@@ -260,7 +260,7 @@ def _dtype(dtype: mx.Dtype | str | None) -> mx.Dtype | None:
     return DTYPES[dtype]
 
 
-def load_pretrained(path_or_repo_id: str | Path, dtype: mx.Dtype | str | None = None):
+def load_pretrained(path_or_repo_id: str | Path, dtype: mx.Dtype | str | None = None) -> tuple[TransformerLM, Tokenizer]:
     """(TransformerLM, Tokenizer) from a Hugging Face checkpoint folder or Hub repo id. Built in Chapter 7.
 
     ``dtype=None`` keeps the stored dtype (bfloat16 for most recent models); ``"float32"`` upcasts.
@@ -285,7 +285,7 @@ def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> Tr
     return model.eval()
 
 
-def save_pretrained(model: TransformerLM, tokenizer, path: str | Path) -> Path:
+def save_pretrained(model: TransformerLM, tokenizer: Tokenizer, path: str | Path) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hugging Face folder that load_pretrained, mlx-lm and
     transformers open: config.json, model.safetensors, tokenizer files. Built in Chapter 7."""
     hf = config_to_hf(model.config)
