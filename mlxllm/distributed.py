@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,16 +118,22 @@ def free_ports(n: int) -> int:
     raise RuntimeError(f"found no {n} consecutive free ports on 127.0.0.1")
 
 
+def launcher() -> Path | None:
+    """The ``mlx.launch`` script of this Python's environment (or on PATH), if installed."""
+    beside = Path(sys.executable).with_name("mlx.launch")
+    found = beside if beside.is_file() else shutil.which("mlx.launch")
+    return Path(found) if found else None
+
+
 def launch_local(command: list[str], n: int = 2, timeout: float = 120.0, **popen) -> LaunchResult:
     """Run ``command`` as ``n`` ranks on this machine: ``mlx.launch -n n --backend ring`` over loopback.
 
     mlx.launch (0.32) exits 0 even when a rank fails, so each rank's exit code is read from its log.
     Past ``timeout`` seconds the launcher and every rank are killed and TimeoutError is raised.
     """
-    launcher = Path(sys.executable).with_name("mlx.launch")
-    if not launcher.is_file():
-        raise FileNotFoundError(f"mlx.launch is not next to {sys.executable}; install mlx in this environment")
-    args = [str(launcher), "--verbose", "-n", str(n), "--backend", "ring", "-p", str(free_ports(n)), "--", *command]
+    if (script := launcher()) is None:
+        raise FileNotFoundError(f"mlx.launch is neither next to {sys.executable} nor on PATH; install mlx here")
+    args = [str(script), "--verbose", "-n", str(n), "--backend", "ring", "-p", str(free_ports(n)), "--", *command]
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True, **popen)
     try:

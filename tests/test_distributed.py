@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from mlxllm.distributed import launch_local
+from mlxllm.distributed import launch_local, launcher
 
 TIMEOUT = 120  # seconds per launch; a run takes a few seconds on an idle 2-core CPU
 # The tiny preset on a smaller batch and context. lr = the preset's min_lr makes the schedule independent of
@@ -24,7 +24,7 @@ ARGS = ["--preset", "tiny", "--batch-size", "8", "--context", "32", "--lr", "3e-
 TRAIN = [sys.executable, "-m", "mlxllm.cli", "train", *ARGS]
 TOLERANCE = 1e-5  # float32: averaging two half-batch means rounds differently from one full-batch mean
 
-if not Path(sys.executable).with_name("mlx.launch").is_file() or not mx.distributed.is_available("ring"):
+if launcher() is None or not mx.distributed.is_available("ring"):
     pytest.skip("mlx.launch or MLX's ring backend is not available in this environment", allow_module_level=True)
 
 
