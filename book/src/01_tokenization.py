@@ -28,7 +28,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import regex
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, display
 
 import mlxllm
 from mlxllm import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer
@@ -453,7 +453,8 @@ sys.path.insert(0, str(Path.cwd().parent / "benchmarks"))
 import bench_tokenizer  # noqa: E402
 
 rows = bench_tokenizer.run(repeat=1, naive_merges=1, memory=False)
-display(Markdown(bench_tokenizer.markdown(rows)))
+print(bench_tokenizer.markdown(rows))
+print()
 print(bench_tokenizer.summary(rows))
 by_task = {row.task: row for row in rows}
 assert by_task["train 4096: naive recount"].ratio > 50, "the incremental trainer must beat the recount"
