@@ -127,8 +127,12 @@ def generate(
 
     The next step is queued (``mx.async_eval``) before the current token is handed to the caller, so
     the model computes while the caller prints. Stops after ``max_new_tokens`` or at a ``stop_ids``
-    token (which is yielded). Prompt + new tokens must fit in the context. Built in Chapter 5.
+    token (which is yielded). Prompt + new tokens must fit in the context. ``seed`` or ``key`` make
+    sampling reproducible (without them MLX's global random state is used). Arguments are checked
+    when ``generate`` is called, before the first token is asked for. Built in Chapter 5.
     """
+    if isinstance(prompt_ids, (str, bytes)):
+        raise ValueError("prompt_ids must be token ids, not text: pass tokenizer.encode(text)")
     prompt = [int(i) for i in prompt_ids]
     vocab_size, context_length = model.config.vocab_size, model.config.context_length
     _check_sampling(temperature, top_k, top_p, min_p)
@@ -141,11 +145,18 @@ def generate(
     if len(prompt) + max_new_tokens > context_length:
         raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds context_length="
                          f"{context_length}; shorten the prompt or ask for fewer tokens")
-    if max_new_tokens == 0:
-        return
     if key is None and seed is not None:
         key = mx.random.key(seed)
     stop = set(int(i) for i in stop_ids)
+    return _decode(model, prompt, max_new_tokens, stop, key, dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                                                  min_p=min_p))
+
+
+def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, stop: set[int], key: mx.array | None,
+            sampling: dict) -> Iterator[int]:
+    """The generator behind ``generate``, for arguments already checked."""
+    if max_new_tokens == 0:
+        return
     cache = model.make_cache()
 
     def step(ids: mx.array) -> mx.array:
@@ -156,7 +167,7 @@ def generate(
             step_key = None
             if key is not None:
                 key, step_key = mx.random.split(key)
-            return sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, key=step_key)
+            return sample(logits, **sampling, key=step_key)
 
     # prefill: all but the last prompt token only need to leave their keys and values in the cache. Their
     # outputs are dropped, and MLX being lazy never computes the parts that only fed those outputs (the

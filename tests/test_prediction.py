@@ -251,9 +251,14 @@ def test_generate_stops_after_yielding_a_stop_id():
         ([1], -1, "max_new_tokens must be a non-negative integer"),
     ],
 )
-def test_generate_rejects_bad_input_before_running(prompt, max_new_tokens, message):
+def test_generate_rejects_bad_input_when_called(prompt, max_new_tokens, message):
     with pytest.raises(ValueError, match=message):
-        next(generate(make_model("gpt2"), prompt, max_new_tokens))
+        generate(make_model("gpt2"), prompt, max_new_tokens)  # no need to ask for a first token
+
+
+def test_generate_refuses_text_in_place_of_ids():
+    with pytest.raises(ValueError, match=r"not text: pass tokenizer.encode\(text\)"):
+        generate(make_model("gpt2"), "hello", 5)
 
 
 # --- streaming text ------------------------------------------------------------------------------
