@@ -124,6 +124,22 @@ def test_filters_keep_exactly_their_set(kwargs, allowed, expected):
     assert drawn == allowed  # never outside the set; with 2000 draws every member shows up
 
 
+def test_filters_work_row_by_row_on_a_batch():
+    batch = mx.stack([LOGITS, LOGITS[::-1]])  # row 1 is row 0 with the tokens in reverse order
+    for kwargs in (dict(top_k=2), dict(top_p=0.6), dict(min_p=0.4)):
+        probs = mx.softmax(sampling_logits(batch, **kwargs), axis=-1).tolist()
+        assert probs[0] == pytest.approx([2 / 3, 1 / 3, 0, 0], abs=1e-6)
+        assert probs[1] == pytest.approx([0, 0, 1 / 3, 2 / 3], abs=1e-6)
+        drawn = np.array(sample(mx.broadcast_to(batch[:, None], (2, 500, 4)).reshape(1000, 4), key=mx.random.key(9),
+                                **kwargs)).reshape(2, 500)
+        assert set(drawn[0].tolist()) == {0, 1} and set(drawn[1].tolist()) == {2, 3}
+
+
+def test_sampling_logits_has_no_distribution_at_temperature_zero():
+    with pytest.raises(ValueError, match="greedy"):
+        sampling_logits(LOGITS, temperature=0)
+
+
 def test_temperature_sharpens_and_flattens_exactly():
     # softmax(log p / T) ∝ p^(1/T)
     for temperature in (0.5, 2.0):
