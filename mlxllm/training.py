@@ -468,13 +468,16 @@ class Trainer:
         bar = tqdm(total=until, initial=self.step, unit="step", dynamic_ncols=True,
                    **({} if progress and main else {"disable": True}))
         started, start_step = time.perf_counter(), self.step
+        evaluated = self.metrics["eval"]["step"]
+        if self.step % c.eval_interval == 0 and (not evaluated or evaluated[-1] != self.step):
+            losses = self.evaluate()  # the starting point (step 0)
         while self.step < until:
-            if self.step % c.eval_interval == 0:
-                losses = self.evaluate()
             loss = self.train_step()
             rate = (self.step - start_step) / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate * c.tokens_per_step:,.0f}", refresh=False)
+            if self.step % c.eval_interval == 0 or self.step == until:  # before saving: checkpoints include it
+                losses = self.evaluate()
             if main and out is not None and c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
                 self.save(out)
         bar.close()
