@@ -28,7 +28,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from mlxllm import ModelConfig, TransformerLM, cross_entropy
+from mlxllm import ModelConfig, TransformerLM
 from mlxllm.data import get_batch
 from mlxllm.training import PRESETS, Trainer, make_train_step
 
