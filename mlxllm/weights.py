@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlxllm.block import swiglu_hidden_dims
 from mlxllm.model import ModelConfig, TransformerLM
 from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, Tokenizer
-from mlxllm.tokenizer.files import _gpt2_byte_to_unicode
+from mlxllm.tokenizer.files import gpt2_byte_to_unicode
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
 MODEL_TYPES = ("gpt2",) + LLAMA_TYPES
@@ -347,7 +347,7 @@ def tokenizer_from_json(path: str | Path) -> Tokenizer:
                          "which our Tokenizer does not do")
     pattern = _split_pattern(spec.get("pre_tokenizer"))
     special_tokens = {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
-    byte_to_char = _gpt2_byte_to_unicode()
+    byte_to_char = gpt2_byte_to_unicode()
     encoder = {token: i for token, i in model["vocab"].items() if token not in special_tokens}
     try:
         byte_ids = [encoder[byte_to_char[b]] for b in range(256)]
@@ -373,7 +373,7 @@ def tokenizer_to_json(tokenizer: Tokenizer) -> dict:
     else:
         split = {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False}
         pre_tokenizer = {"type": "Sequence", "pretokenizers": [split, {**byte_level, "use_regex": False}]}
-    byte_to_char = _gpt2_byte_to_unicode()
+    byte_to_char = gpt2_byte_to_unicode()
     specials = tokenizer.special_tokens
     as_text = {i: "".join(byte_to_char[b] for b in token) for i, token in tokenizer.vocab.items() if i not in specials.values()}
     return {

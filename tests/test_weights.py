@@ -22,7 +22,7 @@ from mlx_lm.utils import load_model as mlx_lm_load_model
 from mlxllm import ModelConfig, TransformerLM, load_pretrained, save_pretrained
 from mlxllm.data import get_path
 from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer
-from mlxllm.tokenizer.files import _gpt2_byte_to_unicode
+from mlxllm.tokenizer.files import gpt2_byte_to_unicode
 from mlxllm.weights import GPT2_DIGITS_SPLIT_PATTERN, model_from_hf, tokenizer_from_json
 
 IDS = mx.array([[3, 17, 5, 250, 11, 42, 7, 99, 1, 64, 300, 2]])  # (1, 12), below every test vocab size
@@ -317,7 +317,7 @@ def test_tokenizer_json_gives_the_ids_of_hf_tokenizers(tmp_path, style):
 def test_split_patterns_cut_like_hf_pre_tokenizers(tmp_path, style, pieces):
     text = "".join(pieces)
     pattern = {"gpt2": GPT2_SPLIT_PATTERN, "smollm": GPT2_DIGITS_SPLIT_PATTERN, "qwen2": QWEN2_PATTERN}[style]
-    byte_to_char = _gpt2_byte_to_unicode()
+    byte_to_char = gpt2_byte_to_unicode()
     ours = ["".join(byte_to_char[b] for b in chunk.encode()) for chunk in regex.findall(pattern, text)]
     assert ours == [piece for piece, _ in hf_pre_tokenizer(style).pre_tokenize_str(text)]
 

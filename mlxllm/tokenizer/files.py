@@ -162,7 +162,7 @@ def vocab_listing(byte_ids, merges, special_tokens, vocab) -> str:
     return "".join(f"{token_id}\t[{show(vocab[token_id])}]\t{made[token_id]}\n" for token_id in sorted(vocab))
 
 
-def _gpt2_byte_to_unicode() -> dict[int, str]:
+def gpt2_byte_to_unicode() -> dict[int, str]:
     """GPT-2's files write each byte as a printable character: printable bytes as themselves,
     the others shifted to U+0100 and up (so a space is 'Ġ', a newline 'Ċ')."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -181,7 +181,7 @@ def read_gpt2_files(encoder_json, vocab_bpe):
         raise ValueError(f"{encoder_json} is not GPT-2's encoder.json: {error}") from None
     if not isinstance(encoder, dict):
         raise ValueError(f"{encoder_json} is not GPT-2's encoder.json (expected a JSON object)")
-    byte_to_unicode = _gpt2_byte_to_unicode()
+    byte_to_unicode = gpt2_byte_to_unicode()
     try:
         byte_ids = [encoder[byte_to_unicode[b]] for b in range(256)]
     except KeyError as error:
