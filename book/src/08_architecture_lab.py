@@ -181,7 +181,7 @@ init_grads = {"pre-norm": layer_gradient_norms(DEEP), "post-norm": layer_gradien
 for name, norms in init_grads.items():
     print(f"{name:9}: per-layer gradient norm {norms.min():.3f} … {norms.max():.3f} (max/min {norms.max() / norms.min():.2f})")
 spread_pre = init_grads["pre-norm"].max() / init_grads["pre-norm"].min()
-assert spread_pre < 1.5, "pre-norm: every layer gets about the same gradient"
+assert spread_pre < 3, "pre-norm: every layer gets a gradient of the same order"  # 1.1 at 32 dims, 1.9 at 128
 assert init_grads["pre-norm"].mean() > 5 * init_grads["post-norm"].mean()
 
 # %% [markdown]
@@ -216,8 +216,9 @@ for name in ("pre-norm (GPT-2)", "post-norm"):
 
 # %% [markdown]
 # With GPT-2's initialisation (each branch's output projection shrunk by $1/\sqrt{2N}$) the pre-norm
-# model starts as a near-identity map from the embeddings to the head, and every layer receives the same
-# gradient: nothing has to travel through a chain of norms. In the post-norm model the first LayerNorm
+# model starts as a near-identity map from the embeddings to the head, and every layer receives a
+# gradient of the same size (at 32 dims nearly equal; a wider model shows a slow decline with depth as
+# the stream grows, Chapter 4): nothing has to travel through a chain of norms. In the post-norm model the first LayerNorm
 # blows the small embeddings up to unit scale and every later norm re-scales the stream, so each layer's
 # small-initialised branch barely moves the output and gets a much smaller gradient. (Chapter 4 shows the
 # other side of the coin with the default `nn.Linear` initialisation.) Adam rescales gradients per
@@ -728,7 +729,7 @@ SHAPES = {
     "GPT-2 XL": ModelConfig.gpt2(dims=1600, n_layers=48, n_heads=25),
     "LLaMA-7B": ModelConfig.llama(vocab_size=32000, dims=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dims=11008),
     "SmolLM2-135M": ModelConfig.llama(),
-    "this chapter (CI)": BASE,
+    "this chapter": BASE,
 }
 print(f"{'model':18} {'d_model':>7} {'layers':>6} {'heads':>5} {'d_head':>6} {'H·d_head/d':>10} {'d_ff/d':>6} {'d/layers':>8}")
 for name, c in SHAPES.items():
@@ -753,7 +754,7 @@ assert ModelConfig().dropout == 0.0 and defaults.weight_decay == 0.1
 scale = "full sweep" if FULL_SWEEP else f"CI scale: {SIZE['dims']} dims × {SIZE['n_layers']} layers, {TRAIN.steps} steps"
 rows = [
     ("pre-norm: identity path, better-behaved gradients",
-     f"pre-norm block with silent branches is exactly the identity; per-layer gradients at init uniform "
+     f"pre-norm block with silent branches is exactly the identity; per-layer gradients at init of one size "
      f"(max/min {spread_pre:.2f}) and {init_grads['pre-norm'].mean() / init_grads['post-norm'].mean():.0f}× post-norm's; "
      f"largest gradient norm in training {max(RUNS['pre-norm (GPT-2)'].metrics['grad_norm']):.1f} vs post-norm "
      f"{max(RUNS['post-norm'].metrics['grad_norm']):.1f}; val loss {val_loss('pre-norm (GPT-2)'):.3f} vs "
