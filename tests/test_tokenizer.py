@@ -225,8 +225,15 @@ def test_o200k_equals_tiktoken(tmp_path_factory, shakespeare):
     assert ours.encode_ordinary(BROAD_UNICODE) == reference.encode_ordinary(BROAD_UNICODE)
 
 
+# Unassigned code points (category Cn) are left out: which of them count as letters depends on the
+# Unicode version of the regex engine. The `regex` module follows the newest Unicode (it reads the
+# unassigned-in-Python-3.11 U+3D000 as a letter), tiktoken's Rust engine an older one, so '\U0003d000:A'
+# splits differently through no fault of the BPE. Assigned characters agree.
+ASSIGNED_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cn", "Cs")), max_size=80)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=80))
+@given(text=ASSIGNED_TEXT)
 def test_gpt2_and_cl100k_equal_tiktoken_on_arbitrary_text(gpt2, gpt2_reference, cl100k, cl100k_reference, text):
     assert gpt2.encode_ordinary(text) == gpt2_reference.encode_ordinary(text)
     assert cl100k.encode_ordinary(text) == cl100k_reference.encode_ordinary(text)
