@@ -1,0 +1,61 @@
+"""How close two floating-point results must be: the one tolerance policy of the tests and the book.
+
+Exact equality is kept where it is real: integer ids, RNG draws, and one computation repeated
+with the same shapes on the same device. Everything else is compared relative to the largest
+magnitude of the reference, ``max|a - b| / max|b|``, against a bound chosen by the dtype the
+computation ran in and by whether its float32 matrix products may run in TF32 (MLX's CUDA backend
+does by default, as do Apple's M5-class GPUs; ``MLX_ENABLE_TF32=0`` turns it off). The bounds sit
+a small factor above differences measured on MLX's CPU and CUDA backends (see the README's
+"Tolerance policy"). Built for every chapter; explained in Chapter 2.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+import numpy as np
+
+# max|a - b| / max|b| allowed when the same math runs through different kernels or orders
+# (a cached decode step vs a full prefill, a fused kernel vs the reference, CPU vs GPU).
+FLOAT32 = 1e-5  # full float32 products: measured ≤ 1e-6 on the CPU backend
+TF32 = 1e-2  # float32 inputs, 10-bit-mantissa products (TF32): measured ≤ 4e-3 on an H200
+FLOAT16 = 1e-2  # 11-bit mantissa
+BFLOAT16 = 5e-2  # 8-bit mantissa
+
+
+def tf32_possible(device: mx.Device | None = None) -> bool:
+    """True where float32 matrix products may run at TF32 precision: a GPU, unless MLX_ENABLE_TF32=0."""
+    device = device or mx.default_device()
+    return device.type == mx.DeviceType.gpu and os.environ.get("MLX_ENABLE_TF32", "1") != "0"
+
+
+def bound(dtype: mx.Dtype = mx.float32, device: mx.Device | None = None) -> float:
+    """The relative bound for results computed in ``dtype`` on ``device`` (default: the default device)."""
+    if dtype == mx.bfloat16:
+        return BFLOAT16
+    if dtype == mx.float16:
+        return FLOAT16
+    return TF32 if tf32_possible(device) else FLOAT32
+
+
+def relative_difference(actual, expected) -> float:
+    """max|actual - expected| / max|expected| in float64 (0.0 when both are all zeros)."""
+    a = np.asarray(actual.astype(mx.float32) if isinstance(actual, mx.array) else actual, dtype=np.float64)
+    e = np.asarray(expected.astype(mx.float32) if isinstance(expected, mx.array) else expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"shapes differ: {a.shape} vs {e.shape}")
+    scale = float(np.abs(e).max()) if e.size else 0.0
+    diff = float(np.abs(a - e).max()) if e.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def assert_close(actual, expected, *, dtype: mx.Dtype = mx.float32, rtol: float | None = None,
+                 what: str = "values") -> float:
+    """Assert ``relative_difference(actual, expected) <= rtol`` (default ``bound(dtype)``); return it."""
+    limit = bound(dtype) if rtol is None else rtol
+    diff = relative_difference(actual, expected)
+    if not diff <= limit:
+        raise AssertionError(f"{what} differ by {diff:.3g} relative to the largest value; the bound for "
+                             f"{dtype} on {mx.default_device()} is {limit:.3g}")
+    return diff
