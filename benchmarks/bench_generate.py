@@ -1,7 +1,7 @@
 """Decode and prefill speed of ``mlxllm.generate`` against mlx-lm's ``generate_step``, same weights.
 
 A LLaMA-style model with random weights (float32) is written once in Hugging Face layout by
-``mlxllm.weights.save_pretrained`` and loaded by mlx-lm's own loader, so both sides run exactly the
+``mlxllm.save_pretrained`` and loaded by mlx-lm's own loader, so both sides run exactly the
 same numbers. Greedy decoding; the two token streams must be identical. Each side runs ``--repeats``
 times, interleaved (ours, theirs, ours, …) so that drift in the machine's speed hits both; the best
 run of each is reported, and ratios are ours / mlx-lm (> 1 means we are faster).
@@ -27,9 +27,8 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
-from mlxllm import ModelConfig, TransformerLM, generate
-from mlxllm.tokenizer import Tokenizer
-from mlxllm.weights import save_pretrained
+from mlxllm import ModelConfig, TransformerLM, Tokenizer, save_pretrained
+from mlxllm.generation import generate
 
 SIZES = {
     # LLaMA-style: RoPE, RMSNorm, SwiGLU, GQA, untied head, 32k vocabulary

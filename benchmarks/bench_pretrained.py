@@ -22,7 +22,7 @@ from mlx_lm.utils import load_model as mlx_lm_load_model
 from mlxllm import ModelConfig, TransformerLM, generate, load_pretrained, save_pretrained
 from mlxllm.data import get_path
 from mlxllm.tokenizer import Tokenizer
-from mlxllm.weights import checkpoint_folder
+from mlxllm.pretrained.hf import checkpoint_folder
 
 PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 

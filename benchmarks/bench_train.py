@@ -2,12 +2,15 @@
 
     python benchmarks/bench_train.py                    # nanogpt-cpu shapes (4 layers × 128, batch 12 × 64)
     python benchmarks/bench_train.py --preset tiny --rounds 5
+    python benchmarks/bench_train.py --preset shakespeare-char --bf16     # on a GPU: nanoGPT's GPU shapes
 
 Peers, all on the same shapes with AdamW, clipping at 1.0 and a fresh random batch per step:
   mlxllm      Trainer.train_step(): compiled step + batches + schedule + diagnostics + NaN check
   uncompiled  the same step function without mx.compile
   minimal     the idiom written directly with mlx.nn: value_and_grad → clip → AdamW → mx.compile → mx.eval
-  pytorch     the same GPT in PyTorch (torch.optim.AdamW), if torch is installed (it is not a dependency)
+  mixed-bf16  mlxllm's step with dtype="mixed-bfloat16" (bf16 compute, float32 weights and AdamW state), with --bf16
+  pytorch     the same GPT in PyTorch (torch.optim.AdamW), if torch is installed (it is not a dependency), on CUDA
+              when there is one, with TF32 on (MLX's CUDA backend runs float32 products in TF32 by default)
 Variants run in interleaved rounds (so load changes hit all of them alike). On a shared machine wall time
 is mostly other people's load, so two numbers are reported per variant: the fastest round's wall time
 (tokens/s) and the median round's CPU time of this process (all its threads), which load barely moves.
@@ -30,7 +33,8 @@ import numpy as np
 
 from mlxllm import ModelConfig, TransformerLM
 from mlxllm.data import get_batch
-from mlxllm.training import PRESETS, Trainer, make_train_step
+from mlxllm.presets import PRESETS
+from mlxllm.training import Trainer, make_train_step
 
 
 def machine() -> str:
@@ -103,6 +107,7 @@ def pytorch_runner(config: ModelConfig, train_config, ids):
 
     torch.manual_seed(0)
     c, t = config, train_config
+    device = torch_device()
 
     class Block(torch.nn.Module):
         def __init__(self):
@@ -131,22 +136,22 @@ def pytorch_runner(config: ModelConfig, train_config, ids):
             self.ln = torch.nn.LayerNorm(c.dims, bias=False)
 
         def forward(self, idx):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
             for block in self.blocks:
                 x = block(x)
             return self.ln(x) @ self.wte.weight.T  # tied head
 
-    model = GPT()
+    model = GPT().to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2 and p is not model.wte.weight and p is not model.wpe.weight]
     rest = [p for p in model.parameters() if not any(p is d for d in decay)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                                   lr=t.lr, betas=(t.beta1, t.beta2))
-    data = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    data = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
     generator = torch.Generator().manual_seed(t.seed)
 
     def run():
         starts = torch.randint(len(data) - t.context, (t.batch_size,), generator=generator)
-        windows = torch.stack([data[s : s + t.context + 1] for s in starts.tolist()])
+        windows = data[starts.to(device)[:, None] + torch.arange(t.context + 1, device=device)]
         logits = model(windows[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, c.vocab_size), windows[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
@@ -158,22 +163,40 @@ def pytorch_runner(config: ModelConfig, train_config, ids):
     return run
 
 
+def torch_device():
+    """CUDA with TF32 matrix products when available (as MLX's CUDA backend does), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def mixed_runner(config: ModelConfig, train_config, ids):
+    return mlxllm_runner(config, dataclasses.replace(train_config, dtype="mixed-bfloat16"), ids)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="nanogpt-cpu")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--bf16", action="store_true", help="also time mlxllm's mixed-bfloat16 step")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
-    train_config = dataclasses.replace(preset.train, steps=10_000)
     config = preset.model_config(vocab_size=65)
+    train_config = dataclasses.replace(preset.train, steps=10_000, context=config.context_length)
     ids = mx.array(np.random.default_rng(0).integers(0, 65, 200_000, dtype=np.int32))
     runners = {"mlxllm": mlxllm_runner, "uncompiled": uncompiled_runner, "minimal": minimal_runner}
+    if args.bf16:
+        runners["mixed-bf16"] = mixed_runner
     try:
         import torch
 
         runners["pytorch"] = pytorch_runner
-        torch_note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        torch_note = f"torch {torch.__version__} on {torch_device()}, {torch.get_num_threads()} threads"
     except ImportError:
         torch_note = "torch not installed: PyTorch peer skipped (pip install torch to include it)"
 

@@ -8,6 +8,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlxllm.config import ModelConfig
 from mlxllm.embedding import RoPE
 
 
@@ -25,12 +26,14 @@ def causal_mask(n_queries: int, n_keys: int | None = None) -> mx.array:
     return key_pos <= query_pos
 
 
-def attention_reference(q: mx.array, k: mx.array, v: mx.array, mask: str | mx.array | None = None) -> mx.array:
+def attention_reference(q: mx.array, k: mx.array, v: mx.array, mask: str | mx.array | None = None,
+                        dropout: float = 0.0) -> mx.array:
     """Plain scaled dot-product attention, written out step by step. Built in Chapter 3.
 
     q: (B, H, T_q, D); k, v: (B, H_kv, T_k, D) with H a multiple of H_kv (grouped-query attention
     shares each key/value head among H / H_kv query heads). mask: as for the fused kernel, "causal",
-    a boolean array (True = may attend) or an additive float array.
+    a boolean array (True = may attend) or an additive float array. ``dropout``: the probability of
+    zeroing each attention weight (nanoGPT's attention dropout), survivors scaled by 1 / (1 - p).
     """
     if isinstance(mask, str):
         if mask != "causal":
@@ -46,6 +49,9 @@ def attention_reference(q: mx.array, k: mx.array, v: mx.array, mask: str | mx.ar
     elif mask is not None:
         scores = scores + mask  # additive: 0 = attend, -inf (or very negative) = blocked
     weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)  # each row sums to 1
+    if dropout > 0:  # each row now sums to 1 only in expectation
+        keep = mx.random.bernoulli(1.0 - dropout, weights.shape)
+        weights = mx.where(keep, weights / (1.0 - dropout), 0.0)
     return weights @ v  # (B, H, T_q, D)
 
 
@@ -101,41 +107,29 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, context_length
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention with H query heads and H_kv key/value heads. Built in Chapter 3.
+    """Causal self-attention with H query heads and H_kv key/value heads, as the config says. Built in Chapter 3.
 
     ``n_kv_heads == n_heads`` is multi-head attention, ``1 < n_kv_heads < n_heads`` grouped-query (GQA),
-    ``n_kv_heads == 1`` multi-query (MQA). Optional RoPE on q and k, and QK-norm (an RMSNorm of each
-    head's q and k, which bounds the attention logits; Chapter 8).
+    ``n_kv_heads == 1`` multi-query (MQA). RoPE on q and k when ``position="rope"``, and QK-norm (an RMSNorm
+    of each head's q and k, which bounds the attention logits; Chapter 8). One layer on its own:
+    ``MultiHeadAttention(ModelConfig(dims=64, n_heads=4))``.
     """
 
-    def __init__(
-        self,
-        dims: int,
-        n_heads: int,
-        n_kv_heads: int | None = None,
-        bias: bool = False,
-        rope: RoPE | None = None,
-        qk_norm: bool = False,
-        norm_eps: float = 1e-5,
-        qkv_bias: bool = False,
-    ):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if dims % n_heads:
-            raise ValueError(f"dims={dims} must be divisible by n_heads={n_heads} (each head gets dims / n_heads features)")
-        if n_kv_heads < 1 or n_heads % n_kv_heads:
-            raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads} (each kv head serves a whole group)")
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dims // n_heads
-        qkv_bias = bias or qkv_bias  # Qwen2 has biases on q, k, v only
-        self.q_proj = nn.Linear(dims, n_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(dims, n_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(dims, n_kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, dims, bias=bias)
-        self.rope = rope
-        if qk_norm:
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps)
-        self.qk_norm = qk_norm
+        c = config  # the config has already checked that the heads divide evenly
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
+        qkv_bias = c.bias or c.qkv_bias  # Qwen2 has biases on q, k, v only
+        self.q_proj = nn.Linear(c.dims, c.n_heads * c.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(c.dims, c.n_kv_heads * c.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(c.dims, c.n_kv_heads * c.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dims, bias=c.bias)
+        self.rope = RoPE(c.head_dim, c.rope_theta, c.rope_traditional) if c.position == "rope" else None
+        if c.qk_norm:
+            self.q_norm = nn.RMSNorm(c.head_dim, eps=c.norm_eps)
+            self.k_norm = nn.RMSNorm(c.head_dim, eps=c.norm_eps)
+        self.qk_norm = c.qk_norm
+        self.dropout = c.dropout  # on the attention probabilities, in training mode only
 
     def __call__(self, x: mx.array, mask: str | mx.array | None = "causal", cache: KVCache | None = None) -> mx.array:
         B, T, _ = x.shape  # (B, T, C)
@@ -152,5 +146,8 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update_and_fetch(k, v)  # (B, H_kv, offset + T, D)
         if T == 1 and isinstance(mask, str):
             mask = None  # a single newest query may see every cached key
-        out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
+        if self.training and self.dropout > 0:  # the fused kernel has no dropout: materialise the probabilities
+            out = attention_reference(q, k, v, mask, dropout=self.dropout)  # (B, H, T, D)
+        else:
+            out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))  # (B, T, C)

@@ -8,30 +8,22 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxllm.attention import KVCache, MultiHeadAttention
-from mlxllm.embedding import RoPE
-
-NORMS = ("layernorm", "rmsnorm", "none")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+from mlxllm.config import ACTIVATIONS, NORMS, ModelConfig
+from mlxllm.config import swiglu_hidden_dims  # noqa: F401 (re-exported: it lived here before mlxllm.config)
 
 
-def make_norm(kind: str, dims: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
-    """LayerNorm (centre and scale), RMSNorm (scale only) or nothing. Built in Chapter 4.
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The config's norm over its dims: LayerNorm (centre and scale), RMSNorm (scale only) or nothing. Built in Chapter 4.
 
     ``nn.LayerNorm`` and ``nn.RMSNorm`` call the fused ``mx.fast.layer_norm`` / ``mx.fast.rms_norm``.
     """
-    if kind == "layernorm":
-        return nn.LayerNorm(dims, eps=eps, bias=bias)
-    if kind == "rmsnorm":
-        return nn.RMSNorm(dims, eps=eps)
-    if kind == "none":
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.dims, eps=config.norm_eps, bias=config.bias)
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.dims, eps=config.norm_eps)
+    if config.norm == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
-
-
-def swiglu_hidden_dims(dims: int, multiple_of: int = 32) -> int:
-    """LLaMA's SwiGLU width: 2/3 of 4·C (three matrices cost what two 4·C ones do), rounded up."""
-    hidden = int(8 * dims / 3)
-    return (hidden + multiple_of - 1) // multiple_of * multiple_of
+    raise ValueError(f"unknown norm {config.norm!r}; choose one of {NORMS}")
 
 
 class MLP(nn.Module):
@@ -66,50 +58,32 @@ class SwiGLU(nn.Module):
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C)
 
 
-def make_ffn(activation: str, dims: int, hidden_dims: int | None = None, bias: bool = True) -> nn.Module:
-    """The feed-forward for an activation name; default widths 4·C (MLP) and ≈ 8/3·C (SwiGLU)."""
-    if activation == "swiglu":
-        return SwiGLU(dims, hidden_dims or swiglu_hidden_dims(dims), bias=bias)
-    if activation in ACTIVATIONS:
-        return MLP(dims, hidden_dims or 4 * dims, activation=activation, bias=bias)
-    raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+def make_ffn(config: ModelConfig) -> nn.Module:
+    """The config's feed-forward: SwiGLU or an MLP, ``config.ffn_dims`` wide. Built in Chapter 4."""
+    if config.activation == "swiglu":
+        return SwiGLU(config.dims, config.ffn_dims, bias=config.bias)
+    if config.activation in ACTIVATIONS:
+        return MLP(config.dims, config.ffn_dims, activation=config.activation, bias=config.bias)
+    raise ValueError(f"unknown activation {config.activation!r}; choose one of {ACTIVATIONS}")
 
 
 class TransformerBlock(nn.Module):
     """Attention then feed-forward, each wrapped in a norm and a residual connection. Built in Chapter 4.
 
-    ``pre_norm=False`` gives the original post-norm block; ``parallel=True`` runs attention and
+    ``pre_norm=False`` gives the original post-norm block; ``parallel_block=True`` runs attention and
     feed-forward side by side on the same normed input (GPT-J, PaLM): x + attn(n(x)) + ffn(n(x)).
+    One block on its own: ``TransformerBlock(ModelConfig(dims=64, n_heads=4))``.
     """
 
-    def __init__(
-        self,
-        dims: int,
-        n_heads: int,
-        n_kv_heads: int | None = None,
-        ffn_dims: int | None = None,
-        norm: str = "layernorm",
-        activation: str = "gelu",
-        bias: bool = True,
-        rope: RoPE | None = None,
-        norm_eps: float = 1e-5,
-        pre_norm: bool = True,
-        parallel: bool = False,
-        qk_norm: bool = False,
-        dropout: float = 0.0,
-        qkv_bias: bool = False,
-    ):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        if parallel and not pre_norm:
-            raise ValueError("a parallel block needs pre_norm=True (both branches read the same normed input)")
-        self.attention_norm = make_norm(norm, dims, norm_eps, bias)
-        self.attention = MultiHeadAttention(dims, n_heads, n_kv_heads, bias=bias, rope=rope, qk_norm=qk_norm, norm_eps=norm_eps,
-                                            qkv_bias=qkv_bias)
-        if not parallel:
-            self.ffn_norm = make_norm(norm, dims, norm_eps, bias)
-        self.ffn = make_ffn(activation, dims, ffn_dims, bias)
-        self.dropout = nn.Dropout(dropout)
-        self.pre_norm, self.parallel = pre_norm, parallel
+        self.attention_norm = make_norm(config)
+        self.attention = MultiHeadAttention(config)
+        if not config.parallel_block:  # a parallel block's two branches share one norm
+            self.ffn_norm = make_norm(config)
+        self.ffn = make_ffn(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm, self.parallel = config.pre_norm, config.parallel_block
 
     def __call__(self, x: mx.array, mask: str | mx.array | None = "causal", cache: KVCache | None = None) -> mx.array:
         # x: (B, T, C) — the residual stream; each branch reads it and adds its result back

@@ -222,3 +222,49 @@ def get_batch(ids: mx.array, batch_size: int, context: int, key: mx.array) -> tu
     starts = mx.random.randint(0, len(ids) - context, (batch_size,), key=key)  # (B,)
     windows = ids[starts[:, None] + mx.arange(context + 1)].astype(mx.int32)  # (B, T + 1)
     return windows[:, :-1], windows[:, 1:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A corpus made ready for training: tokenizer, ids, split, and a record of what it was. Chapter 6.
+
+TOKENIZER_SPECS = "char | gpt2 | bpe:VOCAB_SIZE"
+
+
+def build_tokenizer(spec: str, text: str):
+    """``char`` (from the text's characters), ``gpt2`` (GPT-2's files) or ``bpe:VOCAB`` (trained on the text)."""
+    from mlxllm.tokenizer import CharTokenizer, Tokenizer
+
+    if spec == "char":
+        return CharTokenizer.train(text)
+    if spec == "gpt2":
+        return Tokenizer.from_gpt2_files(get_path("gpt2-vocab"), get_path("gpt2-merges"))
+    if isinstance(spec, str) and spec.startswith("bpe:") and spec[4:].isdigit() and int(spec[4:]) >= 256:
+        return Tokenizer.train(text, int(spec[4:]))
+    raise ValueError(f"unknown tokenizer {spec!r}; use {TOKENIZER_SPECS} (VOCAB_SIZE >= 256)")
+
+
+def describe_corpus(source: str | Path) -> dict:
+    """What a run trains on: the corpus's name (or absolute path) and the sha256 of its bytes."""
+    path = corpus_path(source)
+    name = source if isinstance(source, str) and source in CORPORA else str(path.resolve())
+    return {"corpus": name, "corpus_sha256": sha256_of(path)}
+
+
+@dataclass
+class PreparedCorpus:
+    """Training and validation ids of one corpus, the tokenizer that made them, and where they came from."""
+
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    tokenizer: object
+    source: dict  # {"corpus", "corpus_sha256", "tokenizer"}: recorded in checkpoints, checked on resume
+
+
+def prepare_corpus(source: str | Path, tokenizer, val_fraction: float = 0.1) -> PreparedCorpus:
+    """corpus → tokenizer (a spec such as ``"char"``, or a tokenizer) → cached ids → train/validation split."""
+    described = describe_corpus(source)
+    spec = tokenizer if isinstance(tokenizer, str) else f"{type(tokenizer).__name__} (given)"
+    if isinstance(tokenizer, str):
+        tokenizer = build_tokenizer(tokenizer, corpus_path(source).read_text(encoding="utf-8"))
+    train_ids, val_ids = split_ids(tokenize_corpus(source, tokenizer), val_fraction)
+    return PreparedCorpus(train_ids, val_ids, tokenizer, {**described, "tokenizer": spec})

@@ -15,6 +15,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlxllm.config import ModelConfig
+
 
 def _check_span(length: int, offset: int, context_length: int) -> None:
     if offset + length > context_length:
@@ -55,6 +57,18 @@ class SinusoidalPositions(nn.Module):
     def __call__(self, length: int, offset: int = 0) -> mx.array:
         _check_span(length, offset, self._table.shape[0])
         return self._table[offset : offset + length]  # (T, C)
+
+
+def make_positions(config: ModelConfig) -> nn.Module | None:
+    """The table added to the token vectors: learned, sinusoidal, or None (RoPE acts inside attention).
+
+    Built in Chapter 2.
+    """
+    if config.position == "learned":
+        return LearnedPositions(config.context_length, config.dims)
+    if config.position == "sinusoidal":
+        return SinusoidalPositions(config.context_length, config.dims)
+    return None
 
 
 class RoPE(nn.Module):

@@ -1,113 +1,24 @@
 """The whole model: ids → embedding → N transformer blocks → final norm → LM head → logits.
 
-``ModelConfig`` names every architectural choice; ``ModelConfig.gpt2()`` and ``ModelConfig.llama()``
-are the two families the book follows (and whose pretrained weights Chapter 7 loads).
+``ModelConfig`` (in ``mlxllm.config``, re-exported here) names every architectural choice;
+``ModelConfig.gpt2()`` and ``ModelConfig.llama()`` are the two families the book follows (and whose
+pretrained weights Chapter 7 loads).
 """
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlxllm.attention import KVCache
-from mlxllm.block import ACTIVATIONS, NORMS, TransformerBlock, make_norm
-from mlxllm.embedding import LearnedPositions, RoPE, SinusoidalPositions
+from mlxllm.block import TransformerBlock, make_norm
+from mlxllm.config import ModelConfig
+from mlxllm.embedding import LearnedPositions, make_positions
 
-POSITIONS = ("learned", "sinusoidal", "rope", "none")
+__all__ = ["ModelConfig", "TransformerLM"]
 
-
-@dataclass
-class ModelConfig:
-    """Every size and architectural choice of a ``TransformerLM``. Built in Chapter 5.
-
-    Defaults are GPT-2 small (124M). ``n_kv_heads=None`` means n_heads (plain multi-head attention);
-    ``ffn_dims=None`` means 4·dims for an MLP and ≈ 8/3·dims for SwiGLU.
-    """
-
-    vocab_size: int = 50257
-    context_length: int = 1024
-    dims: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    n_kv_heads: int | None = None
-    ffn_dims: int | None = None
-    norm: str = "layernorm"  # "layernorm" | "rmsnorm" | "none"
-    position: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
-    activation: str = "gelu_tanh"  # "gelu" | "gelu_tanh" | "relu" | "swiglu"
-    bias: bool = True
-    qkv_bias: bool = False  # biases on q, k, v even when bias=False (Qwen2)
-    tie_embeddings: bool = True
-    rope_theta: float = 10000.0
-    rope_traditional: bool = False  # False: rotate-half (Hugging Face); True: adjacent pairs (Meta)
-    norm_eps: float = 1e-5
-    pre_norm: bool = True
-    parallel_block: bool = False
-    qk_norm: bool = False
-    logit_softcap: float | None = None  # logits → cap·tanh(logits / cap) (Gemma 2)
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        for name in ("vocab_size", "context_length", "dims", "n_layers", "n_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if self.dims % self.n_heads:
-            raise ValueError(f"dims={self.dims} must be divisible by n_heads={self.n_heads}")
-        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
-        for name, allowed in (("norm", NORMS), ("position", POSITIONS), ("activation", ACTIVATIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
-        if self.position == "rope" and self.head_dim % 2:
-            raise ValueError(f"rope needs an even head_dim, got dims / n_heads = {self.head_dim}")
-        if self.position == "sinusoidal" and self.dims % 2:
-            raise ValueError(f"sinusoidal positions need even dims, got {self.dims}")
-        if self.logit_softcap is not None and self.logit_softcap <= 0:
-            raise ValueError(f"logit_softcap must be positive or None, got {self.logit_softcap}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.parallel_block and not self.pre_norm:
-            raise ValueError("parallel_block=True needs pre_norm=True")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dims // self.n_heads
-
-    @classmethod
-    def gpt2(cls, **overrides) -> "ModelConfig":
-        """GPT-2: learned positions, LayerNorm, tanh-GELU MLP, biases, head tied to the embedding."""
-        base = dict(norm="layernorm", position="learned", activation="gelu_tanh", bias=True, tie_embeddings=True)
-        return cls(**{**base, **overrides})
-
-    @classmethod
-    def llama(cls, **overrides) -> "ModelConfig":
-        """LLaMA: RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention, untied head.
-
-        Default sizes are those of SmolLM2-135M (a LLaMA-shaped model), with an untied head.
-        """
-        base = dict(
-            vocab_size=49152, context_length=2048, dims=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dims=1536,
-            norm="rmsnorm", position="rope", activation="swiglu", bias=False, tie_embeddings=False,
-            rope_theta=100000.0, norm_eps=1e-5,
-        )
-        return cls(**{**base, **overrides})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        """The inverse of ``to_dict``; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)  # what nn.quantize turns Linear and Embedding into
 
 
 class TransformerLM(nn.Module):
@@ -116,26 +27,16 @@ class TransformerLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        c = config
-        self.token_embedding = nn.Embedding(c.vocab_size, c.dims)
-        if c.position == "learned":
-            self.position_embedding = LearnedPositions(c.context_length, c.dims)
-        elif c.position == "sinusoidal":
-            self.position_embedding = SinusoidalPositions(c.context_length, c.dims)
-        rope = RoPE(c.head_dim, c.rope_theta, c.rope_traditional) if c.position == "rope" else None
-        self.dropout = nn.Dropout(c.dropout)
-        self.blocks = [
-            TransformerBlock(
-                c.dims, c.n_heads, c.n_kv_heads, c.ffn_dims, norm=c.norm, activation=c.activation, bias=c.bias,
-                rope=rope, norm_eps=c.norm_eps, pre_norm=c.pre_norm, parallel=c.parallel_block,
-                qk_norm=c.qk_norm, dropout=c.dropout, qkv_bias=c.qkv_bias,
-            )
-            for _ in range(c.n_layers)
-        ]
+        self.token_embedding = nn.Embedding(config.vocab_size, config.dims)
+        positions = make_positions(config)  # None for RoPE (inside attention) and for no positions
+        if positions is not None:
+            self.position_embedding = positions
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = [TransformerBlock(config) for _ in range(config.n_layers)]
         # a post-norm block already ends in a norm; a pre-norm stack needs one before the head
-        self.norm = make_norm(c.norm, c.dims, c.norm_eps, c.bias) if c.pre_norm else nn.Identity()
-        if not c.tie_embeddings:
-            self.head = nn.Linear(c.dims, c.vocab_size, bias=False)
+        self.norm = make_norm(config) if config.pre_norm else nn.Identity()
+        if not config.tie_embeddings:
+            self.head = nn.Linear(config.dims, config.vocab_size, bias=False)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -156,12 +57,18 @@ class TransformerLM(nn.Module):
         """One empty KV cache per block, for incremental decoding with ``model(ids, cache=cache)``."""
         return [KVCache() for _ in self.blocks]
 
-    def __call__(self, ids: mx.array, cache: list[KVCache] | None = None) -> mx.array:
-        """Next-token logits for every position: (B, T) ids → (B, T, V)."""
-        return self.logits(self.hidden_states(ids, cache))
+    def __call__(self, ids: mx.array, cache: list[KVCache] | None = None, *, check_ids: bool = True) -> mx.array:
+        """Next-token logits for every position: (B, T) ids → (B, T, V). ``check_ids``: see ``hidden_states``."""
+        return self.logits(self.hidden_states(ids, cache, check_ids=check_ids))
 
-    def hidden_states(self, ids: mx.array, cache: list[KVCache] | None = None) -> mx.array:
-        """The last T×C vectors (after the final norm), one per position: (B, T) ids → (B, T, C)."""
+    def hidden_states(self, ids: mx.array, cache: list[KVCache] | None = None, *, check_ids: bool = True) -> mx.array:
+        """The last T×C vectors (after the final norm), one per position: (B, T) ids → (B, T, C).
+
+        ``check_ids=True`` rejects ids outside [0, vocab_size), which the embedding lookup would silently
+        turn into garbage; it reads the ids' min and max (one small sync per call). ``check_ids=False`` is the
+        fast path for callers whose ids are already known to be in range (the trainer checks its data once).
+        Inside ``mx.compile`` the ids cannot be read, so there the check is skipped.
+        """
         if not isinstance(ids, mx.array) or ids.ndim != 2 or not mx.issubdtype(ids.dtype, mx.integer):
             got = f"{type(ids).__name__} {getattr(ids, 'shape', '')} {getattr(ids, 'dtype', '')}".strip()
             raise ValueError(f"ids must be an integer mx.array of shape (batch, tokens), got {got}; "
@@ -171,6 +78,8 @@ class TransformerLM(nn.Module):
         if offset + T > self.config.context_length:
             raise ValueError(f"{offset + T} tokens ({offset} cached + {T} new) exceed context_length="
                              f"{self.config.context_length}; truncate the input or use a larger model")
+        if check_ids:
+            self.check_id_range(ids)
         x = self.token_embedding(ids)  # (B, T, C)
         if "position_embedding" in self:
             x = x + self.position_embedding(T, offset)  # (T, C) broadcast over the batch
@@ -179,6 +88,21 @@ class TransformerLM(nn.Module):
         for block, layer_cache in zip(self.blocks, caches):
             x = block(x, "causal", layer_cache)  # (B, T, C)
         return self.norm(x)
+
+    def check_id_range(self, ids: mx.array) -> None:
+        """Raise a ValueError unless every id is in [0, vocab_size)."""
+        if ids.size == 0:
+            return
+        try:
+            low, high = mx.stack([ids.min(), ids.max()]).tolist()
+        except ValueError:  # inside mx.compile: the ids are placeholders and cannot be read
+            return
+        vocab_size = self.config.vocab_size
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is outside this model's vocabulary [0, {vocab_size}) "
+                             f"(the ids range from {low} to {high}); encode with the tokenizer the model was "
+                             "trained with, or make the model's vocab_size cover every id")
 
     def logits(self, x: mx.array) -> mx.array:
         """The LM head: (…, C) hidden states → (…, V) scores, one per vocabulary token.
@@ -196,11 +120,25 @@ class TransformerLM(nn.Module):
 
     def num_parameters(self, include_embeddings: bool = True) -> int:
         """Parameter count; without embeddings it leaves out the token and learned position tables
-        (a tied head shares the token table, so it is counted once or not at all)."""
+        (a tied head shares the token table, so it is counted once or not at all).
+
+        A quantized layer (``nn.quantize``) counts the weights it stands for, not its packed words,
+        and not its per-group scales and offsets.
+        """
         total = sum(p.size for _, p in tree_flatten(self.parameters()))
+        for _, module in self.named_modules():  # packed words and group scales → the weights they stand for
+            if isinstance(module, QUANTIZED):
+                total += _logical_size(module) - sum(p.size for _, p in tree_flatten(module.parameters()))
         if not include_embeddings:
-            total -= self.token_embedding.weight.size
+            total -= _logical_size(self.token_embedding)
             if isinstance(getattr(self, "position_embedding", None), LearnedPositions):
                 total -= self.position_embedding.weight.size
         return total
+
+
+def _logical_size(module: nn.Module) -> int:
+    """Number of parameters a layer stands for; a quantized one packs 32 / bits weights per uint32 word."""
+    if isinstance(module, QUANTIZED):
+        return module.weight.size * 32 // module.bits + (module.bias.size if "bias" in module else 0)
+    return sum(p.size for _, p in tree_flatten(module.parameters()))
 

@@ -18,10 +18,11 @@ import numpy as np
 
 # max|a - b| / max|b| allowed when the same math runs through different kernels or orders
 # (a cached decode step vs a full prefill, a fused kernel vs the reference, CPU vs GPU).
-FLOAT32 = 1e-5  # full float32 products: measured ≤ 1e-6 on the CPU backend
-TF32 = 1e-2  # float32 inputs, 10-bit-mantissa products (TF32): measured ≤ 4e-3 on an H200
-FLOAT16 = 1e-2  # 11-bit mantissa
-BFLOAT16 = 5e-2  # 8-bit mantissa
+# Measured on 2026-11-29, MLX 0.32.4 (3-layer models, 300 positions, cached vs full, fused vs reference, CPU vs GPU):
+FLOAT32 = 1e-5  # full float32 products: ≤ 5.1e-7 (CPU backend; CUDA with MLX_ENABLE_TF32=0)
+TF32 = 5e-3  # float32 inputs, TF32 products (CUDA default): ≤ 4.6e-4 in the model, 1.2e-3 in a test's deeper stack
+FLOAT16 = 5e-3  # 11-bit mantissa: 8× finer than bfloat16's
+BFLOAT16 = 3e-2  # 8-bit mantissa: ≤ 7.6e-3 (cached vs full and CPU vs GPU, both backends)
 
 
 def tf32_possible(device: mx.Device | None = None) -> bool:

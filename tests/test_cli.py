@@ -1,5 +1,7 @@
 """The `mlxllm` command, run as a user runs it (a subprocess): train → resume → generate, tokenize, errors."""
 
+import errno
+import hashlib
 import json
 import os
 import subprocess
@@ -28,13 +30,18 @@ def test_train_resume_generate(tmp_path, corpus):
     out = tmp_path / "run"
     result = mlxllm("train", "--corpus", corpus, *TINY, "--steps", "3", "--out", out)
     assert result.returncode == 0, result.stderr
-    assert "step 3: val loss" in result.stdout and "bits/byte" in result.stdout
-    assert json.loads((out / "state.json").read_text())["step"] == 3
+    assert "step 3: val loss" in result.stdout and "bits/byte" in result.stdout and "best val loss" in result.stdout
+    manifest = json.loads((out / "checkpoint.json").read_text())
+    assert manifest["step"] == 3
+    assert manifest["source"] == {"corpus": str(corpus.resolve()), "corpus_sha256": hashlib.sha256(
+        CORPUS.encode()).hexdigest(), "tokenizer": "char", "preset": "tiny"}  # what the run trained on
 
-    result = mlxllm("train", "--corpus", corpus, "--steps", "5", "--out", out, "--resume", "--quiet")
+    result = mlxllm("train", "--steps", "5", "--out", out, "--resume", "--quiet")  # no --corpus: the recorded one
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stdout and "step 5: val loss" in result.stdout
-    assert json.loads((out / "metrics.json").read_text())["step"] == [1, 2, 3, 4, 5]
+    manifest = json.loads((out / "checkpoint.json").read_text())
+    assert json.loads((out / manifest["folder"] / "metrics.json").read_text())["step"] == [1, 2, 3, 4, 5]
+    assert not (out / "run.lock").exists()  # released at the end
 
     result = mlxllm("generate", out, "--prompt", "All:", "--max-new-tokens", "8", "--temperature", "0.8",
                     "--top-k", "5", "--seed", "1")
@@ -45,6 +52,22 @@ def test_train_resume_generate(tmp_path, corpus):
     again = mlxllm("generate", out, "--prompt", "All:", "--max-new-tokens", "8", "--temperature", "0.8",
                    "--top-k", "5", "--seed", "1")
     assert again.stdout == result.stdout  # same seed, same text
+
+
+def test_resume_refuses_another_corpus_tokenizer_or_preset(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert mlxllm("train", "--corpus", corpus, *TINY, "--steps", "1", "--out", out).returncode == 0
+    other = tmp_path / "other.txt"
+    other.write_text(CORPUS.upper())
+    for args, message in [(["--corpus", other], "is not the corpus of the run in"),
+                          (["--tokenizer", "bpe:300"], "was trained with --tokenizer char, not bpe:300"),
+                          (["--preset", "nanogpt-cpu"], "was trained with --preset tiny, not nanogpt-cpu")]:
+        result = mlxllm("train", "--out", out, "--resume", "--steps", "2", *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    corpus.write_text(CORPUS + "more")  # the recorded file itself changed
+    result = mlxllm("train", "--out", out, "--resume", "--steps", "2")
+    assert result.returncode == 2 and "has changed since the run in" in result.stderr, result.stderr
 
 
 def test_tokenize_prints_ids_and_counts(tmp_path):
@@ -62,7 +85,12 @@ def test_tokenize_prints_ids_and_counts(tmp_path):
     (["train", "--corpus", "{corpus}", "--tokenizer", "wordpiece", "--out", "{tmp}/a"], "unknown tokenizer 'wordpiece'"),
     (["train", "--corpus", "{corpus}", "--out", "{corpus}/sub"], "cannot write to --out"),
     (["train", "--corpus", "{corpus}", "--out", "{tmp}/empty", "--resume"], "is not a checkpoint folder"),
-    (["generate", "{tmp}/none"], "is not a checkpoint folder"),
+    (["generate", "{tmp}"], "holds no model"),
+    (["train", "--corpus", "{corpus}", "--out", "{tmp}/a", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["train", "--corpus", "{corpus}", "--out", "{tmp}/a", "--context", "20000", "--batch-size", "64"],
+     "needs about"),
+    (["train", "--corpus", "{corpus}", "--out", "{tmp}/a", "--context", "2000"], "too few for windows of context 2000"),
+    (["train", "--corpus", "{corpus}", "--out", "{tmp}/a", "--save", "first"], "invalid choice: 'first'"),
     (["train", "--steps", "ten", "--out", "{tmp}/a"], "invalid int value: 'ten'"),
     (["fly"], "invalid choice: 'fly'"),
 ])
@@ -80,3 +108,87 @@ def test_resume_with_an_incompatible_config_is_refused(tmp_path, corpus):
     assert result.returncode == 2 and "batch_size is 2 in the checkpoint but 3 here" in result.stderr
     result = mlxllm("train", "--corpus", corpus, *TINY, "--out", out)  # no --resume: do not overwrite
     assert result.returncode == 2 and "already holds a checkpoint; pass --resume" in result.stderr
+
+
+@pytest.fixture
+def trained(tmp_path, corpus):
+    out = tmp_path / "run"
+    assert mlxllm("train", "--corpus", corpus, *TINY, "--steps", "2", "--out", out).returncode == 0
+    return out
+
+
+def one_line_error(result, *messages):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for message in messages:
+        assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100]), "model.safetensors is damaged"),
+    ("optimizer.safetensors", lambda p: p.write_bytes(b""), "optimizer.safetensors is empty"),
+    ("state.json", lambda p: p.write_text("{"), "state.json is damaged"),
+    ("metrics.json", lambda p: p.write_text("[]"), "metrics.json is damaged"),
+])
+def test_damaged_checkpoint_files_are_named_in_one_line(trained, name, damage, message):
+    damage(trained / json.loads((trained / "checkpoint.json").read_text())["folder"] / name)
+    one_line_error(mlxllm("train", "--out", trained, "--resume", "--steps", "3"), message, "restore")
+
+
+def test_generate_names_a_damaged_model_file(trained):
+    path = trained / json.loads((trained / "checkpoint.json").read_text())["folder"] / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-4])
+    one_line_error(mlxllm("generate", trained, "--max-new-tokens", "2"), "model.safetensors is damaged")
+
+
+def test_a_full_disk_is_one_line_and_exit_2(trained, capsys, monkeypatch):
+    import mlxllm.checkpoint as checkpoint
+    from mlxllm.cli import main
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(checkpoint, "_write_fsynced", full)
+    assert main(["train", "--out", str(trained), "--resume", "--steps", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device); free some space, then continue with --resume" in err
+    assert len(err.strip().splitlines()) == 1 and json.loads((trained / "checkpoint.json").read_text())["step"] == 2
+
+
+def test_a_folder_in_use_by_another_run_is_refused(trained):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (trained / "run.lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
+        one_line_error(mlxllm("train", "--out", trained, "--resume", "--steps", "3"),
+                       f"is in use by another run (pid {sleeper.pid})")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = mlxllm("train", "--out", trained, "--resume", "--steps", "3", "--quiet")  # stale now: taken over
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_train_config_field_is_an_option():
+    from dataclasses import fields
+
+    from mlxllm.cli import make_parser
+    from mlxllm.training import TrainConfig
+
+    options = make_parser()._subparsers._group_actions[0].choices["train"]._option_string_actions
+    for f in fields(TrainConfig):
+        action = options[f"--{f.name.replace('_', '-')}"]
+        assert action.help.startswith(f.metadata["help"]) and action.default is None
+
+
+def test_chat_with_the_real_model_answers_from_piped_stdin():
+    result = subprocess.run([sys.executable, "-m", "mlxllm.cli", "chat", "smollm2-135m-instruct", "--temperature", "0",
+                             "--max-new-tokens", "24"], input="What is the capital of France?\n",
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_generate_and_chat_refuse_a_folder_that_holds_no_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    for command in ("generate", "chat"):
+        one_line_error(mlxllm(command, tmp_path), "holds no model")

@@ -5,7 +5,7 @@ import mlx.core as mx
 import pytest
 
 from mlxllm import data
-from mlxllm.char_tokenizer import CharTokenizer
+from mlxllm.tokenizer import CharTokenizer
 
 
 def test_char_tokenizer_round_trip_and_save(tmp_path):
@@ -65,3 +65,22 @@ def test_batches_are_windows_with_targets_shifted_by_one():
     assert mx.array_equal(inputs, again) and not mx.array_equal(inputs, other)
     with pytest.raises(ValueError, match="too few for windows of context 16"):
         data.get_batch(mx.arange(16), 2, 16, mx.random.key(0))
+
+
+def test_prepare_corpus_records_what_it_read_and_splits_by_val_fraction(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
+    path = tmp_path / "text.txt"
+    path.write_text("hello world, " * 100)
+    prepared = data.prepare_corpus(path, "char", val_fraction=0.25)
+    assert prepared.source == {"corpus": str(path.resolve()), "corpus_sha256": data.sha256_of(path),
+                               "tokenizer": "char"}
+    assert (len(prepared.train_ids), len(prepared.val_ids)) == (975, 325)
+    assert prepared.tokenizer.decode(list(prepared.train_ids[:5])) == "hello"
+    assert data.describe_corpus("tinyshakespeare")["corpus"] == "tinyshakespeare"  # named corpora by name
+
+
+def test_build_tokenizer_accepts_the_specs_and_names_them_otherwise():
+    assert data.build_tokenizer("char", "abca").vocab_size == 3
+    assert data.build_tokenizer("bpe:258", "abab abab abab").vocab_size == 258
+    with pytest.raises(ValueError, match=r"unknown tokenizer 'bpe:12'; use char \| gpt2 \| bpe:VOCAB_SIZE"):
+        data.build_tokenizer("bpe:12", "text")

@@ -41,8 +41,13 @@ def per_rank_out(steps: int, name: str) -> list[str]:
     return ["sh", "-c", f'exec "$@" --steps {steps} --out {name}$MLX_RANK', "sh", *TRAIN]
 
 
+def saved(folder: Path, name: str) -> Path:
+    """A file of the checkpoint in ``folder`` (its step folder is named in checkpoint.json)."""
+    return folder / json.loads((folder / "checkpoint.json").read_text())["folder"] / name
+
+
 def arrays(folder: Path, name: str) -> dict[str, mx.array]:
-    return mx.load(str(folder / name))
+    return mx.load(str(saved(folder, name)))
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -67,22 +72,22 @@ def test_two_ranks_equal_one_process_on_the_same_global_batches(runs):
     assert 0 <= difference < TOLERANCE
     assert max_difference(arrays(one, "optimizer.safetensors"), arrays(two, "optimizer.safetensors")) < TOLERANCE
     # the recorded losses are the global batch's: the mean over the ranks of their half-batch means
-    single_loss = json.loads((one / "metrics.json").read_text())["loss"]
-    two_loss = json.loads((two / "metrics.json").read_text())["loss"]
+    single_loss = json.loads(saved(one, "metrics.json").read_text())["loss"]
+    two_loss = json.loads(saved(two, "metrics.json").read_text())["loss"]
     assert len(single_loss) == len(two_loss) == 4
     assert single_loss == pytest.approx(two_loss, abs=1e-5)
     # evaluation: each rank scores its rows of the same batches, the ranks average
-    single_eval = json.loads((one / "metrics.json").read_text())["eval"]
-    two_eval = json.loads((two / "metrics.json").read_text())["eval"]
+    single_eval = json.loads(saved(one, "metrics.json").read_text())["eval"]
+    two_eval = json.loads(saved(two, "metrics.json").read_text())["eval"]
     assert single_eval["step"] == two_eval["step"] == [0, 4]
     assert single_eval["val_loss"] == pytest.approx(two_eval["val_loss"], abs=1e-5)
     assert single_eval["train_loss"] == pytest.approx(two_eval["train_loss"], abs=1e-5)
-    assert json.loads((two / "state.json").read_text())["world_size"] == 2
-    assert json.loads((one / "state.json").read_text())["world_size"] == 1
+    assert json.loads(saved(two, "state.json").read_text())["world_size"] == 2
+    assert json.loads(saved(one, "state.json").read_text())["world_size"] == 1
 
 
 def test_rank_zero_alone_writes_the_checkpoint(runs):
-    assert (runs / "two_ranks_0" / "model.safetensors").is_file()
+    assert saved(runs / "two_ranks_0", "model.safetensors").is_file()
     assert not (runs / "two_ranks_1").exists()  # rank 1 was told to write there, and did not even create it
 
 
@@ -112,7 +117,7 @@ def test_ranks_with_different_settings_all_stop_with_one_message(tmp_path):
     result = launch(command, tmp_path)
     assert None not in result.returncodes and 0 not in result.returncodes, result.stderr
     assert "rank 1 has a different training config than rank 0" in result.stderr
-    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert not (tmp_path / "out" / "checkpoint.json").exists()
 
 
 def test_when_a_rank_dies_the_other_exits_with_an_error_instead_of_hanging(tmp_path):

@@ -1,14 +1,15 @@
-"""mlxllm.embedding: token lookup, learned and sinusoidal positions, and RoPE against a from-scratch version."""
+"""mlxllm.embedding: learned and sinusoidal positions, the position table a config asks for, and RoPE against a
+from-scratch version. (The token lookup is mlx.nn.Embedding itself; Chapter 2 shows it equals one-hot × matrix.)"""
 
 import math
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlxllm import LearnedPositions, RoPE, SinusoidalPositions, sinusoidal_table
+from mlxllm import LearnedPositions, ModelConfig, RoPE, SinusoidalPositions, sinusoidal_table
+from mlxllm.embedding import make_positions
 
 
 def rope_by_hand(x: np.ndarray, positions: np.ndarray, base: float, traditional: bool) -> np.ndarray:
@@ -32,14 +33,6 @@ def rope_by_hand(x: np.ndarray, positions: np.ndarray, base: float, traditional:
     else:
         out[..., : D // 2], out[..., D // 2 :] = ra, rb
     return out
-
-
-def test_token_embedding_is_one_hot_times_matrix():
-    mx.random.seed(0)
-    embedding = nn.Embedding(11, 6)
-    ids = mx.array([[3, 0, 10, 3]])
-    one_hot = (mx.arange(11)[None, None, :] == ids[..., None]).astype(mx.float32)  # (1, 4, 11)
-    assert mx.array_equal(embedding(ids), one_hot @ embedding.weight)
 
 
 def test_sinusoidal_table_at_hand_computed_points():
@@ -72,6 +65,16 @@ def test_learned_positions_are_trainable_rows():
     assert [name for name, _ in tree_flatten(positions.trainable_parameters())] == ["weight"]
     assert positions(4).shape == (4, 8)
     assert mx.array_equal(positions(2, offset=7), positions.weight[7:9])
+
+
+def test_make_positions_builds_the_table_the_config_names():
+    config = dict(context_length=16, dims=8, n_heads=2)
+    learned = make_positions(ModelConfig(**config, position="learned"))
+    assert isinstance(learned, LearnedPositions) and learned.weight.shape == (16, 8)
+    sinusoidal = make_positions(ModelConfig(**config, position="sinusoidal"))
+    assert isinstance(sinusoidal, SinusoidalPositions) and mx.array_equal(sinusoidal(16), sinusoidal_table(16, 8))
+    assert make_positions(ModelConfig(**config, position="rope")) is None  # RoPE acts inside attention
+    assert make_positions(ModelConfig(**config, position="none")) is None
 
 
 def test_positions_past_the_table_raise():

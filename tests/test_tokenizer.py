@@ -1,6 +1,7 @@
 """Tests of mlxllm.tokenizer: equality with tiktoken, training against a naive reference, errors."""
 
 import gzip
+import hashlib
 import importlib.resources
 import io
 import itertools
@@ -364,7 +365,7 @@ def test_save_load_round_trip(request, tmp_path, name):
     tokenizer = request.getfixturevalue(name)
     path = tmp_path / "tok.txt"
     tokenizer.save(path)
-    assert path.read_text(encoding="utf-8").startswith("mlxllm-tokenizer v1\npattern\t")
+    assert path.read_text(encoding="utf-8").startswith("mlxllm-tokenizer v2\npattern\t")
     loaded = Tokenizer.load(path)
     assert loaded.merges == tokenizer.merges
     assert loaded.special_tokens == tokenizer.special_tokens
@@ -380,6 +381,14 @@ def _saved_lines(trained, tmp_path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")
 
 
+def _signed(lines: list[str]) -> list[str]:
+    """The lines with a checksum that matches them, as a buggy writer would produce (to reach the other checks)."""
+    at = next(i for i, line in enumerate(lines) if line.startswith("checksum\t"))
+    digest = hashlib.sha256(("\n".join(lines[:at]) + "\n").encode("utf-8")).hexdigest()
+    return lines[:at] + [f"checksum\t{digest}"] + lines[at + 1 :]
+
+
+# a saved file ends: ..., last merge, specials 2, <2 lines>, extras 0, settings, checksum, end, ""
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -390,15 +399,64 @@ def _saved_lines(trained, tmp_path) -> list[str]:
         (lambda lines: lines[:270] + ["999\t97\t97\tb\tb"] + lines[271:], "do not match"),
         (lambda lines: lines[:270] + ["x\t97\t97\ta\ta"] + lines[271:], "not an integer"),
         (lambda lines: lines[:270] + ["300\t97"] + lines[271:], "5 tab-separated fields"),
-        (lambda lines: lines[:-6] + ["300\t97\t97\ta\ta"] + lines[-5:], "used twice"),
+        (lambda lines: _signed(lines[:-9] + ["300\t97\t97\ta\ta"] + lines[-8:]), "used twice"),
+        (lambda lines: lines[:-3] + ["extra", "end", ""], "'checksum' line"),
         (lambda lines: lines[:-2] + ["extra", "end", ""], "'end' line"),
+        (lambda lines: lines[:-4] + ['settings\t{"eos_token_ids": [599], "bos_token": null, "chat_template": null, '
+                                      '"eos_token": null}'] + lines[-3:], "damaged"),
+        (lambda lines: _signed(lines[:-4] + ['settings\t{"eos_token_ids": [9999]}'] + lines[-3:]),
+         r"eos_token_ids \[9999\] are not ids"),
+        (lambda lines: _signed(lines[:-4] + ['settings\t{"colour": 1}'] + lines[-3:]), "keys among"),
     ],
 )
 def test_load_rejects_corrupt_files(trained, tmp_path, corrupt, message):
     path = tmp_path / "bad.txt"
     path.write_text("\n".join(corrupt(_saved_lines(trained, tmp_path))), encoding="utf-8")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         Tokenizer.load(path)
+    assert str(path) in str(error.value)  # every message names the file
+
+
+def test_a_damaged_token_byte_is_refused_by_the_checksum(trained, tmp_path):
+    lines = _saved_lines(trained, tmp_path)
+    special = lines.index('599\t"<|pad|>"')
+    lines[special] = '599\t"<|pat|>"'  # a valid file of a different tokenizer, but for the checksum
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ValueError, match="damaged: its content does not match its sha256 checksum"):
+        Tokenizer.load(path)
+
+
+def test_version_1_files_are_still_read(trained, tmp_path):
+    lines = _saved_lines(trained, tmp_path)
+    v1 = ["mlxllm-tokenizer v1", *lines[1:-5], "end", ""]  # v1 had no extras, settings or checksum
+    path = tmp_path / "v1.txt"
+    path.write_text("\n".join(v1), encoding="utf-8")
+    loaded = Tokenizer.load(path)
+    assert loaded.merges == trained.merges and loaded.special_tokens == trained.special_tokens
+    assert loaded.encode("To be, or not to be") == trained.encode("To be, or not to be")
+
+
+def test_crlf_copies_of_tokenizer_files_read_the_same(trained, gpt2, tmp_path, shakespeare):
+    path = tmp_path / "tok.txt"
+    trained.save(path)
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert Tokenizer.load(crlf).merges == trained.merges
+    merges = tmp_path / "merges.txt"
+    merges.write_bytes(Path(get_path("gpt2-merges")).read_bytes().replace(b"\n", b"\r\n"))
+    vocab = tmp_path / "vocab.json"
+    vocab.write_bytes(Path(get_path("gpt2-vocab")).read_bytes().replace(b", ", b",\r\n"))
+    other = Tokenizer.from_gpt2_files(vocab, merges)
+    assert other.merges == gpt2.merges and other.encode(shakespeare[:3000]) == gpt2.encode(shakespeare[:3000])
+
+
+def test_truncated_gpt2_merges_file_is_refused(tmp_path):
+    merges = tmp_path / "merges.txt"
+    lines = Path(get_path("gpt2-merges")).read_text(encoding="utf-8").split("\n")
+    merges.write_text("\n".join(lines[:40_000]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"has 40000 merges, but 10000 tokens of .* are made by none of them"):
+        Tokenizer.from_gpt2_files(get_path("gpt2-vocab"), merges)
 
 
 def test_load_rejects_binary_and_gpt2_files(tmp_path):
@@ -467,3 +525,66 @@ def test_bad_gpt2_and_tiktoken_files(tmp_path):
     few.write_text("IQ== 0\nIg== 1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no token for the single bytes"):
         Tokenizer.from_tiktoken_file(few, pattern=GPT4_SPLIT_PATTERN)
+
+
+# ------------------------------------------------------------------------------ faults (issue #16)
+def test_text_the_split_pattern_misses_is_kept_as_its_own_chunks():
+    splitter = Splitter(r"\p{L}+")
+    assert splitter.findall("ab 12, cd!") == ["ab", " 12, ", "cd", "!"]
+    assert list(splitter.iter_chunks("ab 12, cd!")) == ["ab", " 12, ", "cd", "!"]
+    assert Splitter(r"(\p{L})+").findall("ab cd") == ["ab", " ", "cd"]  # groups do not change the chunks
+    tok = Tokenizer.train("hello world 123 hello, world!", 270, pattern=r"\p{L}+")
+    for text in ["hello 42 world?!", "  ", "1", "héllo wörld ✓"]:
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_one_million_character_chunk_equals_tiktoken(gpt2, gpt2_reference):
+    text = "a" * 1_000_000  # one chunk: merged with the rank-bucket heap, not the quadratic scan
+    assert gpt2.encode(text) == gpt2_reference.encode(text)
+    mixed = ("Supercalifragilistic" * 5_000) + "!" + ("xyz" * 3_000)
+    assert gpt2.encode(mixed) == gpt2_reference.encode(mixed)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet="aaabcdeé !?0\n", min_size=1, max_size=120))
+def test_heap_merges_equal_the_scan_merges(gpt2, text):
+    from mlxllm.tokenizer.bpe import _LONG_CHUNK, apply_merges, apply_merges_heap
+
+    symbols = text.encode("utf-8").decode("latin-1").translate(gpt2._byte_table)
+    assert len(symbols) <= _LONG_CHUNK  # apply_merges scans here
+    assert apply_merges_heap(symbols, gpt2._ranks, gpt2._merged) == apply_merges(symbols, gpt2._ranks, gpt2._merged)
+
+
+def test_decode_refuses_floats_bools_and_reports_bad_ids_of_generators(gpt2):
+    for bad in ([1.0], [True], [15496, 2.5], ["1"]):
+        with pytest.raises(ValueError, match="unknown token id .*must be ints"):
+            gpt2.decode(bad)
+    with pytest.raises(ValueError, match="unknown token id 99999999"):
+        gpt2.decode(i for i in [15496, 99999999])
+    import numpy as np
+
+    assert gpt2.decode(np.array([15496, 995])) == gpt2.decode([np.int64(15496), 995]) == "Hello world"
+
+
+def test_both_tokenizers_satisfy_the_protocol_and_round_trip_through_save_tokenizer(trained, tmp_path):
+    from mlxllm.tokenizer import CharTokenizer, TokenizerProtocol, load_tokenizer, save_tokenizer
+
+    char = CharTokenizer.train("hello world")
+    for tokenizer, name in ((trained, "bpe.txt"), (char, "char.json")):
+        assert isinstance(tokenizer, TokenizerProtocol)
+        save_tokenizer(tokenizer, tmp_path / name)
+        loaded = load_tokenizer(tmp_path / name)
+        assert type(loaded) is type(tokenizer) and loaded.encode("hello") == tokenizer.encode("hello")
+    assert char.special_tokens == {} and char.eos_token_ids == [] and char.chat_template is None
+    assert char.encode("hello", allowed_special="all") == char.encode("hello")
+    with pytest.raises(ValueError, match="no special tokens"):
+        char.encode("hello", allowed_special={"<|endoftext|>"})
+    with pytest.raises(ValueError, match="unknown token id 1.0"):
+        char.decode([1.0])
+    damaged = (tmp_path / "char.json").read_text(encoding="utf-8").replace('"d"', '"D"')
+    (tmp_path / "char.json").write_text(damaged, encoding="utf-8")
+    with pytest.raises(ValueError, match="damaged"):
+        load_tokenizer(tmp_path / "char.json")
+    (tmp_path / "other.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(ValueError, match="other.bin is not a tokenizer file"):
+        load_tokenizer(tmp_path / "other.bin")

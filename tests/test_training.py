@@ -10,10 +10,13 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm import ModelConfig, TransformerLM, cross_entropy
-from mlxllm.char_tokenizer import CharTokenizer
-from mlxllm.data import get_batch
-from mlxllm.training import (PRESETS, TrainConfig, Trainer, TrainingDiverged, load_model, load_model_weights,
-                             lr_schedule, make_optimizer)
+from mlxllm.checkpoint import load_model, load_model_weights
+from mlxllm.data import get_batch, sha256_of
+from mlxllm.tolerances import assert_close, bound, relative_difference
+from mlxllm.optimizer import lr_schedule, make_optimizer
+from mlxllm.presets import PRESETS
+from mlxllm.tokenizer import CharTokenizer
+from mlxllm.training import TrainConfig, Trainer, TrainingDiverged
 
 TOKENIZER = CharTokenizer("abcdefghijklmnopqrst")
 IDS = np.random.default_rng(0).integers(0, 20, 6000).astype(np.uint16)
@@ -60,6 +63,7 @@ def test_gradient_norm_is_measured_before_clipping_and_clipping_bounds_the_step(
     loss, grads = nn.value_and_grad(model_copy, lambda m, x, y: cross_entropy(m(x), y))(model_copy, inputs, targets)
     norm = math.sqrt(sum((g.astype(mx.float32) ** 2).sum().item() for _, g in tree_flatten(grads)))
     assert trainer.train_step() == pytest.approx(loss.item(), rel=1e-5)
+    trainer.flush_metrics()  # gradient norms stay on the device until read in bulk
     assert trainer.metrics["grad_norm"][0] == pytest.approx(norm, rel=1e-4) and norm > 1e-3
 
 
@@ -70,36 +74,58 @@ def test_memory_stays_flat_over_fifty_steps():
     baseline = mx.get_active_memory()
     for _ in range(50):
         trainer.train_step()
-    assert mx.get_active_memory() - baseline < 256 * 1024  # no graph or buffers pile up from step to step
+    growth = mx.get_active_memory() - baseline
+    assert growth < 256 * 1024, f"{growth:,} bytes more after 50 steps"  # no graph or buffers pile up
+
+
+def parameters_equal(a: nn.Module, b: nn.Module) -> bool:
+    return all(mx.array_equal(x, y) for (_, x), (_, y) in zip(tree_flatten(a.parameters()), tree_flatten(b.parameters())))
 
 
 def test_resume_is_exact_with_dropout_and_accumulation(tmp_path):
+    """Bit for bit wherever the backend repeats one computation exactly (CPU; Metal). MLX's CUDA backend does not:
+    its scatter-adds (the embedding gradient) use atomics, so two uninterrupted runs already differ in the last
+    bits (measured on an H200: 3e-6 relative in the losses, 3e-5 in the parameters after 12 steps); there the
+    resumed run must be as close to the uninterrupted one as a second uninterrupted run is."""
     model = ModelConfig.gpt2(vocab_size=20, context_length=16, dims=32, n_layers=1, n_heads=2, dropout=0.1)
     config = small_config(grad_accumulation=2)
     straight = Trainer.create(model, config, TRAIN, VAL, TOKENIZER)
     straight.run(progress=False)
+    again = Trainer.create(model, config, TRAIN, VAL, TOKENIZER)
+    again.run(progress=False)
     first_half = Trainer.create(model, config, TRAIN, VAL, TOKENIZER)
     first_half.run(until=6, out=tmp_path / "ckpt", progress=False)
     mx.random.seed(12345)  # a different global random state must not matter
     resumed = Trainer.resume(tmp_path / "ckpt", TRAIN, VAL)
     assert resumed.step == 6
     resumed.run(progress=False)
-    assert resumed.metrics["loss"] == straight.metrics["loss"]  # every step's loss, bit for bit
-    assert resumed.metrics["eval"]["val_loss"][-1] == straight.metrics["eval"]["val_loss"][-1]
-    for (name, a), (_, b) in zip(tree_flatten(straight.model.parameters()), tree_flatten(resumed.model.parameters())):
-        assert mx.array_equal(a, b), name
+    deterministic = again.metrics["loss"] == straight.metrics["loss"] and parameters_equal(again.model, straight.model)
+    if mx.default_device() == mx.cpu:
+        assert deterministic  # the CPU backend always repeats itself: no excuse there
+    if deterministic:
+        assert resumed.metrics["loss"] == straight.metrics["loss"]  # every step's loss, bit for bit
+        assert resumed.metrics["eval"]["val_loss"][-1] == straight.metrics["eval"]["val_loss"][-1]
+        assert parameters_equal(resumed.model, straight.model)
+    else:
+        noise = relative_difference(again.metrics["loss"], straight.metrics["loss"])
+        rtol = max(2 * noise, bound(mx.float32))  # as close as a repeat of the same run, at least
+        assert_close(resumed.metrics["loss"], straight.metrics["loss"], rtol=rtol, what="losses per step")
+        assert_close(resumed.metrics["eval"]["val_loss"][-1:], straight.metrics["eval"]["val_loss"][-1:], rtol=rtol,
+                     what="final validation losses")
 
 
 def test_checkpoint_files_and_identical_logits(tmp_path):
     trainer = Trainer.create(MODEL, small_config(), TRAIN, VAL, TOKENIZER)
     trainer.run(out=tmp_path, progress=False)
-    names = {p.name for p in tmp_path.iterdir()}
-    assert names == {"model.safetensors", "optimizer.safetensors", "config.json", "state.json", "tokenizer.json",
-                     "metrics.json"}
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model"]["n_layers"] == 1 and config["train"]["steps"] == 12
-    assert json.loads((tmp_path / "state.json").read_text())["step"] == 12
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.json", "step-000012"}
+    step_folder = tmp_path / "step-000012"
+    names = {p.name for p in step_folder.iterdir()}
+    assert names == {"model.safetensors", "optimizer.safetensors", "state.json", "tokenizer.mlxllm", "metrics.json"}
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert manifest["model"]["n_layers"] == 1 and manifest["train"]["steps"] == 12 and manifest["step"] == 12
+    assert set(manifest["files"]) == names  # every file's sha256 is recorded
+    assert json.loads((step_folder / "state.json").read_text())["step"] == 12
+    metrics = json.loads((step_folder / "metrics.json").read_text())
     assert len(metrics["loss"]) == len(metrics["lr"]) == len(metrics["grad_norm"]) == 12
     assert metrics["eval"]["step"] == [0, 5, 10, 12] and metrics["update_ratio"]["step"] == [10]
     assert all(0 < r < 1 for group in ("attention", "ffn", "norm", "embedding") for r in metrics["update_ratio"][group])
@@ -114,8 +140,12 @@ def test_mismatched_checkpoint_names_the_first_difference(tmp_path):
     wider = TransformerLM(ModelConfig.gpt2(vocab_size=20, context_length=16, dims=64, n_layers=1, n_heads=2, bias=False))
     with pytest.raises(ValueError, match="dims is 32 in the checkpoint but 64 here"):
         load_model_weights(wider, tmp_path)
-    # same config.json, weights of another shape: the first differing parameter is named
-    mx.save_safetensors(str(tmp_path / "model.safetensors"), dict(tree_flatten(wider.parameters())))
+    # same configs, weights of another shape (with a matching manifest): the first differing parameter is named
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    weights = tmp_path / manifest["folder"] / "model.safetensors"
+    mx.save_safetensors(str(weights), dict(tree_flatten(wider.parameters())))
+    manifest["files"]["model.safetensors"] = sha256_of(weights)
+    (tmp_path / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"token_embedding.weight has shape \(20, 64\) in the checkpoint but \(20, 32\)"):
         load_model_weights(TransformerLM(MODEL), tmp_path)
     with pytest.raises(ValueError, match="is not a checkpoint folder"):
@@ -125,12 +155,12 @@ def test_mismatched_checkpoint_names_the_first_difference(tmp_path):
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-    trainer = Trainer.create(MODEL, small_config(checkpoint_interval=2), TRAIN, VAL, TOKENIZER)
+    trainer = Trainer.create(MODEL, small_config(checkpoint_every=2), TRAIN, VAL, TOKENIZER)
     trainer.run(until=2, out=tmp_path, progress=False)
     trainer.model.norm.weight = mx.full(trainer.model.norm.weight.shape, mx.nan)  # poison the model
     with pytest.raises(TrainingDiverged, match="loss became nan at step 3.*last good checkpoint was kept"):
         trainer.run(out=tmp_path, progress=False)
-    assert json.loads((tmp_path / "state.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 2
     model, _ = load_model(tmp_path)
     assert not mx.isnan(model.norm.weight).any().item()
 
@@ -147,7 +177,7 @@ def test_presets_follow_nanogpt():
     model = TransformerLM(cpu.model_config(vocab_size=65))
     # nanoGPT prints 0.80M for this config: every parameter except the position table
     assert model.num_parameters() - 64 * 128 == 795_904
-    assert (cpu.train.batch_size, cpu.train.context, cpu.train.steps, cpu.train.lr) == (12, 64, 2000, 1e-3)
+    assert (cpu.train.batch_size, cpu.context_length, cpu.train.steps, cpu.train.lr) == (12, 64, 2000, 1e-3)
     gpu = PRESETS["shakespeare-char"]
     c = gpu.model_config(vocab_size=65)
     assert (c.n_layers, c.n_heads, c.dims, c.dropout, c.context_length) == (6, 6, 384, 0.2, 256)
@@ -161,3 +191,48 @@ def test_bad_train_config_is_rejected():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="dtype must be one of"):
         TrainConfig(dtype="float16")
+
+
+def test_prepare_run_builds_the_preset_on_the_corpus(tmp_path, monkeypatch):
+    from mlxllm import data
+    from mlxllm.presets import prepare_run
+
+    monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
+    path = tmp_path / "text.txt"
+    path.write_text("to be or not to be, " * 200)
+    trainer = prepare_run(path, "tiny", "char", steps=3, val_fraction=0.5, batch_size=4)
+    assert len(trainer.train_ids) == len(trainer.val_ids) == 2000  # val_fraction is used
+    assert trainer.model.config.context_length == trainer.context == PRESETS["tiny"].context_length == 32
+    assert trainer.model.config.vocab_size == len(set("to be or not to be, "))
+    assert trainer.source["preset"] == "tiny" and trainer.source["tokenizer"] == "char"
+    shorter = prepare_run(path, "tiny", "char", context=16)  # --context sets the model's context length too
+    assert shorter.model.config.context_length == shorter.context == 16
+    with pytest.raises(ValueError, match="unknown preset 'huge'; choose one of: tiny"):
+        prepare_run(path, "huge")
+    with pytest.raises(ValueError, match=r"needs about [\d,.]+ GiB for one training step"):
+        prepare_run(path, "tiny", "char", context=100_000, batch_size=64)
+
+
+def test_training_windows_longer_than_the_model_are_refused():
+    with pytest.raises(ValueError, match="context 32 is longer than the model's context_length 16"):
+        Trainer.create(MODEL, small_config(context=32), TRAIN, VAL)
+
+
+def test_ids_outside_the_vocabulary_are_refused_once_up_front():
+    bad = TRAIN.copy()
+    bad[100] = 20
+    with pytest.raises(ValueError, match="the training ids go up to 20 but the model's vocabulary has 20 tokens"):
+        Trainer.create(MODEL, small_config(), bad, VAL)
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_over_float32_weights():
+    from mlxllm.tolerances import assert_close
+
+    mixed = Trainer.create(MODEL, small_config(dtype="mixed-bfloat16", steps=3), TRAIN, VAL)
+    full = Trainer.create(MODEL, small_config(steps=3), TRAIN, VAL)
+    mixed_losses = [mixed.train_step() for _ in range(3)]
+    full_losses = [full.train_step() for _ in range(3)]
+    assert mixed_losses[0] != full_losses[0]  # the forward pass really ran in bfloat16 ...
+    assert_close(mx.array(mixed_losses), mx.array(full_losses), dtype=mx.bfloat16, what="losses")  # ... on the same path
+    assert {p.dtype for _, p in tree_flatten(mixed.model.parameters())} == {mx.float32}  # master weights
+    assert {s.dtype for _, s in tree_flatten(mixed.optimizer.state) if s.size > 1} == {mx.float32}

@@ -447,8 +447,7 @@ print(f"our 4,096-token tokenizer on the held-out part: {heldout_bytes / len(hel
 # warm in 1.04×** (8.1 MB/s against 8.4 MB/s). Pure Python gets there by doing less work: distinct chunks,
 # incremental counts, and a cache of chunk → ids that makes most chunks a single dictionary lookup.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 sys.path.insert(0, str(Path.cwd().parent / "benchmarks"))
 import bench_tokenizer  # noqa: E402
 

@@ -257,8 +257,7 @@ assert mx.allclose(mx.linalg.norm(rope_by_hand(q, offset=100), axis=-1), mx.lina
 # %%
 print(inspect.getsource(RoPE))
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 for traditional in (True, False):
     rope = RoPE(D, base=10000.0, traditional=traditional)
     for offset in (0, 7, 1000):

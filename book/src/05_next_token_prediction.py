@@ -216,8 +216,7 @@ assert abs(mlxllm.bits_per_byte(loss, n_tokens, n_bytes) - loss * n_tokens / n_b
 # learning a language, but the mechanics are the same.) The losses depend on the hardware's floating
 # point, so the printed numbers are not compared when the book is tested; the asserts are.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 mx.random.seed(0)
 student = TransformerLM(config)
 optimizer = optim.Adam(learning_rate=3e-3)
@@ -324,8 +323,7 @@ greedy = list(generate(model, prompt_ids, 16, temperature=0))
 print(repr(tokenizer.decode(greedy)))
 assert len(greedy) == 16 and all(0 <= i < config.vocab_size for i in greedy)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 sampled = list(generate(model, prompt_ids, 16, temperature=1.0, top_p=0.95, seed=0))
 print(repr(tokenizer.decode(sampled)))
 assert sampled == list(generate(model, prompt_ids, 16, temperature=1.0, top_p=0.95, seed=0))  # a seed reproduces
@@ -390,8 +388,7 @@ print(f"cached generate == full-recompute argmax loop for {len(with_cache)} toke
 # only in both, so that the difference is the cache alone). Timings depend on the machine, so they are not
 # compared when the book is tested.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 def seconds(fn, repeats: int = 5) -> float:
     best = float("inf")
     for _ in range(repeats):

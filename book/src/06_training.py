@@ -313,8 +313,7 @@ print(preset.train)
 # Karpathy's rule of thumb is that around 10⁻³ the learning rate is about right; much larger means
 # the weights are being thrown around, much smaller that they barely move.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 trainer = Trainer.create(preset.model_config(tokenizer.vocab_size), preset.train, train_ids, val_ids, tokenizer)
 print(f"{trainer.model.num_parameters():,} parameters")
 final = trainer.run(progress=False)
@@ -353,8 +352,7 @@ assert all(np.isfinite(m["grad_norm"])) and len(m["loss"]) == preset.train.steps
 # Two hundred steps on a CPU will not write Shakespeare, but the text already has the shape of a play:
 # words of plausible length, spaces, capitals after line breaks, speaker names with colons.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 trainer.model.eval()  # no dropout while sampling
 prompt = "ROMEO:\n"
 new_ids = list(generate(trainer.model, tokenizer.encode(prompt), 24, temperature=0.8, seed=0))

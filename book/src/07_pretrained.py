@@ -289,8 +289,7 @@ for name, model, ids, folder in [("GPT-2", gpt2_model, gpt2_tokenizer.encode(tex
     assert differences_to_mlx_lm[name] < 1e-4
     print(f"{name}: {len(ids)} tokens → logits {model(x).shape}; relative difference to mlx-lm below 1e-4:", True)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 print(differences_to_mlx_lm)  # the exact values depend on the machine's kernels (asserted < 1e-4 above)
 
 # %% [markdown]
@@ -383,8 +382,7 @@ logits32_, logits16 = model32(x), model16(x)
 assert bytes16 * 2 == bytes32 and logits16.dtype == mx.bfloat16
 print(f"weights: {bytes32:,} bytes in float32, {bytes16:,} in bfloat16; logits dtype {logits16.dtype}")
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 bf16_difference = relative_difference(logits16.astype(mx.float32), logits32_)
 agree = (mx.argmax(logits32_, -1) == mx.argmax(logits16, -1)).mean().item()
 assert bf16_difference < 0.05 and agree > 0.8  # rounding of ~3 significant digits, not a wrong model
@@ -442,8 +440,7 @@ ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12), f
 plt.tight_layout()
 plt.show()
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 for label, values in differences.items():  # exact values depend on the machine's kernels (asserted above)
     print(f"{label:28}", "  ".join(f"{v:.1e}" for v in values))
 
@@ -480,8 +477,7 @@ except ValueError as error:
 # greedy continuations may part ways after a near-tie; the prompt's logits must still agree to bfloat16's
 # precision.)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 if DOWNLOAD_REAL_MODELS:
     checkpoints = {"GPT-2 124M": "openai-community/gpt2", "SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M"}
 else:

@@ -189,8 +189,7 @@ assert init_grads["pre-norm"].mean() > 5 * init_grads["post-norm"].mean()
 # gradient norm at every step (the quantity whose spikes the lecture warns about; `Trainer` records it
 # before clipping).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 run("pre-norm (GPT-2)")
 run("post-norm", dataclasses.replace(BASE, pre_norm=False))
 fig, axes = plt.subplots(1, 3, figsize=(12, 3))
@@ -252,8 +251,7 @@ assert counts["no norm"] == 0
 # %% [markdown]
 # Quality, on the shared budget: RMSNorm against the LayerNorm baseline, and no norm at all.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 run("RMSNorm", dataclasses.replace(BASE, norm="rmsnorm"))
 run("no norm", dataclasses.replace(BASE, norm="none"))
 fig, ax = plt.subplots(figsize=(5, 3))
@@ -295,8 +293,7 @@ flops_norms = 7 * WIDE.dims * 128 * (2 * WIDE.n_layers + 1)
 print(f"norms are {100 * flops_norms / (flops_norms + flops_matrices):.2f}% of the forward FLOPs (C={WIDE.dims}, T=128)")
 assert flops_norms / flops_matrices < 0.01
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 wide_models = {}
 for kind in ("layernorm", "rmsnorm"):
     mx.random.seed(0)
@@ -376,8 +373,7 @@ for name, size in sizes.items():
 assert sizes["ReLU"] == sizes["GELU (GPT-2)"]
 assert abs(sizes["SwiGLU"] - sizes["GELU (GPT-2)"]) / sizes["GELU (GPT-2)"] < 0.01
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 RUNS["GELU (GPT-2)"] = run("pre-norm (GPT-2)")  # the baseline is the GELU run
 for name, config in ACTIVATIONS.items():
     run(name, config)
@@ -418,8 +414,7 @@ print({name: f"{n:,}" for name, n in position_params.items()})
 assert position_params["learned (GPT-2)"] - position_params["RoPE"] == CONTEXT * BASE.dims  # only the table differs
 assert position_params["sinusoidal"] == position_params["RoPE"] == position_params["none (NoPE)"]
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 RUNS["learned (GPT-2)"] = run("pre-norm (GPT-2)")
 by_position = {}
 for name, config in POSITIONS.items():
@@ -508,8 +503,7 @@ assert math.isclose(cache_gib["MHA (9 kv heads)"][-1], 9 * cache_gib["MQA (1)"][
 # cuts it threefold. The quality side (a GQA/MQA model trained on the same budget) is part of the full
 # sweep below.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 if FULL_SWEEP:
     for n_kv_heads, label in ((2, "GQA (2 kv heads)"), (1, "MQA (1 kv head)")):
         run(label, dataclasses.replace(BASE, n_kv_heads=n_kv_heads))
@@ -579,8 +573,7 @@ v0 = a0.v_proj(h0).reshape(1, 64, a0.n_kv_heads, -1).transpose(0, 2, 1, 3)
 by_probe = a0.o_proj((weights @ v0).transpose(0, 2, 1, 3).reshape(1, 64, -1))
 assert mx.allclose(by_probe, a0(h0), atol=1e-5)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 STABLE_RUNS = {"plain": (BASE, STABILITY), "QK-norm": (dataclasses.replace(BASE, qk_norm=True), STABILITY),
                "z-loss 1e-2": (BASE, dataclasses.replace(STABILITY, z_loss=1e-2))}
 for name, (config, train) in STABLE_RUNS.items():
@@ -681,8 +674,7 @@ for tokenizer, _, ids in encoded.values():
     assert tokenizer.decode(ids.tolist()) == val_text  # lossless
 assert list(bytes_per_token.values()) == sorted(bytes_per_token.values())  # bigger vocabulary, fewer tokens
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 RUNS[f"vocab {chars.vocab_size}"] = run("pre-norm (GPT-2)")
 for vocab_size in VOCABS:
     tokenizer, train_v, val_v = encoded[vocab_size]
@@ -749,8 +741,7 @@ assert ModelConfig().dropout == 0.0 and defaults.weight_decay == 0.1
 #
 # One row per experiment, filled in from the runs above (at CI scale unless `FULL_SWEEP = True`).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 scale = "full sweep" if FULL_SWEEP else f"CI scale: {SIZE['dims']} dims × {SIZE['n_layers']} layers, {TRAIN.steps} steps"
 rows = [
     ("pre-norm: identity path, better-behaved gradients",

@@ -354,8 +354,7 @@ a, b = mx.load(str(work / "one.safetensors")), mx.load(str(work / "two.safetenso
 difference = max(mx.abs(a[k] - b[k]).max().item() for k in a)
 assert difference < 1e-5, difference  # float32: the same 8 steps, rounded differently
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 print(one.stdout.strip())
 print(two.stdout.strip())
 print(f"largest parameter difference after 8 steps: {difference:.1e}")

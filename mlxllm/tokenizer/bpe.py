@@ -4,6 +4,7 @@ Built in Chapter 1, Tokenization. One consistent state (the id of each byte, the
 rank order, the special tokens, the split pattern); everything else is derived from it.
 """
 
+import heapq
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -12,12 +13,13 @@ from operator import add
 from pathlib import Path
 from types import MappingProxyType
 
-from . import files
+from . import chat, files
 from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Splitter
 from .train import count_chunks, train_merges
 
 _NO_RANK = sys.maxsize
 _CACHE_LIMIT = 1 << 18  # chunks remembered by encode before the cache starts afresh
+_LONG_CHUNK = 256  # symbols; longer chunks are merged with a heap (near-linear) and are not cached
 _ITERABLE_BLOCK = 1 << 16  # characters encode_iterable gathers before it looks for a cut
 
 
@@ -26,7 +28,10 @@ def apply_merges(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
 
     A chunk is a str with one character per token id (chr(id)), so a pair is a 2-character
     string: `ranks` maps pair -> rank and `merged[rank]` is the new token's character.
+    Each merge scans all pairs (fast in C for short chunks); long chunks go to `apply_merges_heap`.
     """
+    if len(symbols) > _LONG_CHUNK:
+        return apply_merges_heap(symbols, ranks, merged)
     get = ranks.get
     parts = list(symbols)
     # rank of every adjacent pair; map(add, s, s[1:]) yields s[0:2], s[1:3], ... in C
@@ -47,15 +52,63 @@ def apply_merges(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
     return "".join(parts)
 
 
+def apply_merges_heap(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
+    """The same result as `apply_merges`, in near-linear time for long chunks (tiktoken's large-piece idea).
+
+    The lowest-ranked pair is always merged everywhere it occurs before any other (a pair that contains
+    the new token was learned later, so it ranks higher). So a min-heap of ranks picks the next merge, and
+    `buckets[rank]` lists the positions where that pair was seen; they are merged left to right. The
+    symbols form a linked list; a position whose pair changed since it was listed is stale and skipped.
+    """
+    n = len(symbols)
+    parts = list(symbols)  # parts[i]: the token starting at symbol i ("" once merged into its left)
+    next_ = list(range(1, n + 1))  # next_[i] == n: no right neighbour
+    previous = list(range(-1, n - 1))
+    get = ranks.get
+    buckets: dict[int, list[int]] = {}
+    for i, rank in enumerate(map(get, map(add, symbols, symbols[1:]))):
+        if rank is not None:
+            buckets.setdefault(rank, []).append(i)
+    heap = list(buckets)
+    heapq.heapify(heap)
+    while heap:
+        rank = heapq.heappop(heap)
+        new = merged[rank]
+        for i in sorted(buckets.pop(rank)):  # leftmost first, as BPE breaks ties
+            left_part = parts[i]
+            if not left_part:
+                continue  # stale: merged into its left neighbour
+            j = next_[i]
+            if j == n or get(left_part + parts[j]) != rank:
+                continue  # stale: a neighbour changed
+            parts[i], parts[j] = new, ""  # parts[i], parts[j] -> one token at i
+            k = next_[i] = next_[j]
+            if k < n:
+                previous[k] = i
+                if (right := get(new + parts[k])) is not None:  # new pairs rank higher than `rank`
+                    if (bucket := buckets.get(right)) is None:
+                        buckets[right] = bucket = []
+                        heapq.heappush(heap, right)
+                    bucket.append(i)
+            if (h := previous[i]) >= 0 and (left := get(parts[h] + new)) is not None:
+                if (bucket := buckets.get(left)) is None:
+                    buckets[left] = bucket = []
+                    heapq.heappush(heap, left)
+                bucket.append(h)
+    return "".join(parts)
+
+
 class _ChunkCache(dict):
-    """chunk (str) -> token ids; a miss runs BPE on the chunk and remembers the answer."""
+    """chunk (str) -> token ids; a miss runs BPE on the chunk and remembers the answer (short chunks only)."""
 
     def __init__(self, encode_chunk):
         super().__init__()
         self.encode_chunk = encode_chunk
 
     def __missing__(self, chunk: str) -> list[int]:
-        ids = self[chunk] = self.encode_chunk(chunk)
+        ids = self.encode_chunk(chunk)
+        if len(chunk) <= _LONG_CHUNK:
+            self[chunk] = ids
         return ids
 
 
@@ -65,7 +118,13 @@ class Tokenizer:
     Built in Chapter 1, Tokenization. The constructor takes the merges as (left id, right id,
     new id) in rank order, `byte_ids[b]` = the id of the single byte b (cl100k permutes them)
     and `special_tokens` (str -> id); usually you call `Tokenizer.train`, `from_gpt2_files`,
-    `from_tiktoken_file` or `load` instead.
+    `from_tiktoken_file` or `load` instead (or `mlxllm.tokenizer.hf` / `.gguf` for model files).
+
+    Real model vocabularies are not always complete: `byte_ids[b]` may be None for a byte the
+    vocab lacks (SmolLM2 lacks 21). Encoding then drops that byte, as Hugging Face `tokenizers`
+    does for a BPE without unk_token, and the bytes around it may merge. `extra_tokens`
+    (id -> bytes) are vocab entries no merge makes: decoded, never produced by encoding.
+    `eos_token_ids`, `chat_template`, `bos_token` and `eos_token` come from a chat model's files.
     """
 
     def __init__(
@@ -74,24 +133,40 @@ class Tokenizer:
         *,
         pattern: str = GPT4_SPLIT_PATTERN,
         special_tokens: dict[str, int] | None = None,
-        byte_ids: Sequence[int] | None = None,
+        byte_ids: Sequence[int | None] | None = None,
+        extra_tokens: dict[int, bytes] | None = None,
+        eos_token_ids: Sequence[int] = (),
+        chat_template: str | None = None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
     ):
         byte_ids = list(range(256)) if byte_ids is None else list(byte_ids)
         special_tokens = dict(special_tokens or {})
         self._byte_ids = byte_ids
         self._merge_ids = [tuple(merge) for merge in merges]
         self._special_tokens = special_tokens
+        self._extra_tokens = dict(extra_tokens or {})
         self._splitter = Splitter(pattern)
-        self._vocab = _build_vocab(byte_ids, self._merge_ids, special_tokens)
+        self._vocab = _build_vocab(byte_ids, self._merge_ids, special_tokens, self._extra_tokens)
+        self._eos_token_ids = _check_eos(eos_token_ids, self._vocab)
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise ValueError(f"chat_template must be a str (a Jinja template) or None, got {type(chat_template).__name__}")
+        for name, token in (("bos_token", bos_token), ("eos_token", eos_token)):
+            if token is not None and not isinstance(token, str):
+                raise ValueError(f"{name} must be a str or None, got {token!r}")
+        self._chat_template, self._bos_token, self._eos_token = chat_template, bos_token, eos_token
 
         # bytes -> id of every mergeable token, for a direct lookup of whole chunks (as
-        # tiktoken does); on a duplicate byte string the earliest token wins
+        # tiktoken does); on a duplicate byte string the earliest token wins. (This equals running
+        # the merges for vocabularies learned by BPE, where each token is the BPE of its own bytes.)
         self._encoder: dict[bytes, int] = {}
         for token_id in chain(byte_ids, (new for _, _, new in self._merge_ids)):
-            self._encoder.setdefault(self._vocab[token_id], token_id)
+            if token_id is not None:
+                self._encoder.setdefault(self._vocab[token_id], token_id)
         self._ranks = {chr(a) + chr(b): rank for rank, (a, b, _) in enumerate(self._merge_ids)}
         self._merged = [chr(new) for _, _, new in self._merge_ids]
         identity = byte_ids == list(range(256))
+        # str.translate deletes the characters mapped to None: a byte the vocab lacks is dropped
         self._byte_table = None if identity else {b: token_id for b, token_id in enumerate(byte_ids)}
         self._cache = _ChunkCache(self._encode_chunk)
 
@@ -271,10 +346,13 @@ class Tokenizer:
         """The bytes behind token ids (special tokens as their UTF-8 text)."""
         if hasattr(ids, "tolist"):  # numpy / mlx arrays
             ids = ids.tolist()
+        ids = list(ids)  # a generator is read once, so that a bad id can be reported
+        if not set(map(type, ids)) <= {int}:  # 1.0 or True must not pass for id 1 (they hash alike)
+            ids = [_as_id(i) for i in ids]
         try:
             return b"".join(map(self._vocab.__getitem__, ids))
-        except (KeyError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, int) or i not in self._vocab)
+        except KeyError:
+            bad = next(i for i in ids if i not in self._vocab)
             raise ValueError(
                 f"unknown token id {bad!r}: ids must be ints in this tokenizer's vocabulary "
                 f"(vocab_size={self.vocab_size})"
@@ -301,8 +379,8 @@ class Tokenizer:
         return list(self._merge_ids)
 
     @property
-    def byte_ids(self) -> list[int]:
-        """byte_ids[b] is the id of the single byte b."""
+    def byte_ids(self) -> list[int | None]:
+        """byte_ids[b] is the id of the single byte b (None if the vocab lacks it)."""
         return list(self._byte_ids)
 
     @property
@@ -314,6 +392,40 @@ class Tokenizer:
     def pattern(self) -> str:
         """The regex that splits text into chunks before BPE."""
         return self._splitter.pattern
+
+    @property
+    def extra_tokens(self) -> dict[int, bytes]:
+        """Vocab entries that no merge makes (id -> bytes): decoded, never produced by encode."""
+        return dict(self._extra_tokens)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Ids that end a generated answer: end of sequence and, for chat models, end of turn."""
+        return list(self._eos_token_ids)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's Jinja chat template (None when its files define none)."""
+        return self._chat_template
+
+    @property
+    def bos_token(self) -> str | None:
+        """The beginning-of-sequence token's text, as chat templates see it (None if unknown)."""
+        return self._bos_token
+
+    @property
+    def eos_token(self) -> str | None:
+        """The end-of-sequence token's text, as chat templates see it (None if unknown)."""
+        return self._eos_token
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """A conversation ([{"role": ..., "content": ...}]) as the prompt text the model was tuned on.
+
+        Renders the model's own template as transformers does; encode the result with
+        allowed_special="all". ValueError if there is no template or the messages are malformed.
+        """
+        return chat.render(self._chat_template, messages, add_generation_prompt,
+                           bos_token=self._bos_token, eos_token=self._eos_token)
 
     @property
     def vocab_size(self) -> int:
@@ -330,22 +442,26 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
-        """Write one human-readable, versioned text file (see `files.py` for the format)."""
-        files.write_tokenizer(
-            path, self.pattern, self._byte_ids, self._merge_ids, self._special_tokens, self._vocab
-        )
+        """Write one human-readable, versioned text file with a checksum (see `files.py`), atomically."""
+        settings = {"eos_token_ids": self._eos_token_ids, "chat_template": self._chat_template,
+                    "bos_token": self._bos_token, "eos_token": self._eos_token}
+        files.write_tokenizer(path, self.pattern, self._byte_ids, self._merge_ids, self._special_tokens,
+                              self._extra_tokens, settings, self._vocab)
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
-        """Read a file written by `save`; a truncated, corrupt or foreign file -> ValueError."""
-        pattern, byte_ids, merges, special_tokens = files.read_tokenizer(path)
-        return cls(merges, pattern=pattern, special_tokens=special_tokens, byte_ids=byte_ids)
+        """Read a file written by `save`; a truncated, corrupt, damaged or foreign file -> ValueError."""
+        fields = files.read_tokenizer(path)
+        try:
+            return cls(**fields)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def dump_vocab(self, path: str | Path | None = None) -> str:
         """Every token on a line (id, text, and the two tokens it merges); written to `path` if given."""
-        text = files.vocab_listing(self._byte_ids, self._merge_ids, self._special_tokens, self._vocab)
+        text = files.vocab_listing(self._byte_ids, self._merge_ids, self._special_tokens, self._extra_tokens, self._vocab)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            files.write_atomic(path, text)
         return text
 
     @classmethod
@@ -355,7 +471,10 @@ class Tokenizer:
         Registers `<|endoftext|>` (id 50256) as a special token, as GPT-2 does.
         """
         byte_ids, merges, special_tokens = files.read_gpt2_files(encoder_json, vocab_bpe)
-        return cls(merges, pattern=GPT2_SPLIT_PATTERN, special_tokens=special_tokens, byte_ids=byte_ids)
+        try:
+            return cls(merges, pattern=GPT2_SPLIT_PATTERN, special_tokens=special_tokens, byte_ids=byte_ids)
+        except ValueError as error:
+            raise ValueError(f"{encoder_json}, {vocab_bpe}: {error}") from None
 
     @classmethod
     def from_tiktoken_file(
@@ -368,7 +487,10 @@ class Tokenizer:
         """
         ranks = files.read_tiktoken_ranks(path)
         byte_ids, merges = recover_merges(ranks, source=str(path))
-        return cls(merges, pattern=pattern, special_tokens=special_tokens, byte_ids=byte_ids)
+        try:
+            return cls(merges, pattern=pattern, special_tokens=special_tokens, byte_ids=byte_ids)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 def recover_merges(ranks: dict[bytes, int], source: str = "ranks") -> tuple[list[int], list]:
@@ -394,14 +516,17 @@ def recover_merges(ranks: dict[bytes, int], source: str = "ranks") -> tuple[list
     return byte_ids, merges
 
 
-def _build_vocab(byte_ids, merges, special_tokens) -> dict[int, bytes]:
+def _build_vocab(byte_ids, merges, special_tokens, extra_tokens) -> dict[int, bytes]:
     """id -> bytes, checking that ids are distinct and that every merge uses known tokens."""
-    if len(byte_ids) != 256 or len(set(byte_ids)) != 256:
-        raise ValueError("byte_ids must give 256 distinct ids, one per byte value")
+    present = [token_id for token_id in byte_ids if token_id is not None]
+    if len(byte_ids) != 256 or len(set(present)) != len(present):
+        raise ValueError("byte_ids must give 256 entries, one per byte value: distinct ids (None for a byte "
+                         "the vocab lacks)")
     vocab: dict[int, bytes] = {}
     for b, token_id in enumerate(byte_ids):
-        _check_id(token_id, vocab)
-        vocab[token_id] = bytes([b])
+        if token_id is not None:
+            _check_id(token_id, vocab)
+            vocab[token_id] = bytes([b])
     for rank, merge in enumerate(merges):
         if len(merge) != 3:
             raise ValueError(f"merge {rank} is {merge!r}; expected (left id, right id, new id)")
@@ -415,7 +540,29 @@ def _build_vocab(byte_ids, merges, special_tokens) -> dict[int, bytes]:
             raise ValueError(f"special tokens must be non-empty str, got {token!r}")
         _check_id(token_id, vocab)
         vocab[token_id] = token.encode("utf-8")
+    for token_id, token in extra_tokens.items():
+        if not isinstance(token, bytes):
+            raise ValueError(f"extra token {token_id} must be bytes, got {type(token).__name__}")
+        _check_id(token_id, vocab)
+        vocab[token_id] = token
     return vocab
+
+
+def _check_eos(eos_token_ids, vocab) -> list[int]:
+    if isinstance(eos_token_ids, (int, str)):
+        raise ValueError(f"eos_token_ids must be a list of ids, got {eos_token_ids!r}")
+    eos = list(dict.fromkeys(eos_token_ids))  # keep the order, drop repeats
+    if bad := [i for i in eos if isinstance(i, bool) or not isinstance(i, int) or i not in vocab]:
+        raise ValueError(f"eos_token_ids {bad} are not ids of this tokenizer's vocabulary")
+    return eos
+
+
+def _as_id(value) -> int:
+    """An int token id from an int-like value (numpy ints); ValueError for floats, bools and the rest."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ValueError(f"unknown token id {value!r}: token ids must be ints, not {type(value).__name__} "
+                         "(cast them with int() if they are whole numbers)")
+    return value.__index__()
 
 
 def _check_id(token_id, vocab) -> None:

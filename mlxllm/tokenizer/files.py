@@ -2,28 +2,37 @@
 
 Built in Chapter 1, Tokenization. Our format is one UTF-8 text file, readable in an editor:
 
-    mlxllm-tokenizer v1
+    mlxllm-tokenizer v2
     pattern	"<the split pattern as a JSON string>"
     bytes	256
-    <byte value>	<token id>	<the byte, escaped>          (256 lines)
+    <byte value>	<token id, or - if the vocab lacks the byte>	<the byte, escaped>   (256 lines)
     merges	<n>
     <new id>	<left id>	<right id>	<left bytes, escaped>	<right bytes, escaped>
     specials	<m>
     <token id>	"<the special token as a JSON string>"
+    extras	<k>
+    <token id>	<bytes, escaped>                   (vocab entries no merge makes: decoded only)
+    settings	{"eos_token_ids": [...], "chat_template": ..., "bos_token": ..., "eos_token": ...}
+    checksum	<sha256 of every line above, as written>
     end
 
 Fields are separated by tabs; bytes are escaped like Python bytes literals (\\n, \\t, \\xe2, ...),
-so a tab or a newline inside a token cannot break a line.
+so a tab or a newline inside a token cannot break a line (and no raw CR ever appears: a file
+that went through a CRLF conversion reads the same). Version 1 files (no extras, settings or
+checksum) are still read.
 """
 
 import base64
 import codecs
 import gzip
+import hashlib
 import json
+import os
 from pathlib import Path
 
 MAGIC = "mlxllm-tokenizer"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def escape(token: bytes) -> str:
@@ -41,16 +50,34 @@ def show(token: bytes) -> str:
     return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
 
 
-def write_tokenizer(path, pattern, byte_ids, merges, special_tokens, vocab) -> None:
+def write_atomic(path, text: str) -> None:
+    """Write UTF-8 text to a temporary file next to `path`, then rename it over `path`: no half-written file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8", newline="\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_tokenizer(path, pattern, byte_ids, merges, special_tokens, extra_tokens, settings, vocab) -> None:
     lines = [f"{MAGIC} v{VERSION}", f"pattern\t{json.dumps(pattern)}", "bytes\t256"]
-    lines += [f"{b}\t{token_id}\t{escape(bytes([b]))}" for b, token_id in enumerate(byte_ids)]
+    lines += [f"{b}\t{'-' if token_id is None else token_id}\t{escape(bytes([b]))}" for b, token_id in enumerate(byte_ids)]
     lines.append(f"merges\t{len(merges)}")
     for a, b, new in merges:
         lines.append(f"{new}\t{a}\t{b}\t{escape(vocab[a])}\t{escape(vocab[b])}")
     lines.append(f"specials\t{len(special_tokens)}")
     lines += [f"{token_id}\t{json.dumps(token)}" for token, token_id in special_tokens.items()]
-    lines.append("end")
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines.append(f"extras\t{len(extra_tokens)}")
+    lines += [f"{token_id}\t{escape(token)}" for token_id, token in sorted(extra_tokens.items())]
+    lines.append(f"settings\t{json.dumps(settings, sort_keys=True)}")
+    text = "\n".join(lines) + "\n"
+    write_atomic(path, f"{text}checksum\t{checksum(text)}\nend\n")
 
 
 class _Lines:
@@ -62,7 +89,8 @@ class _Lines:
             text = Path(path).read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             raise ValueError(f"{path} is not an mlxllm tokenizer file (it is not UTF-8 text)") from None
-        self.lines = text.split("\n")
+        # our writer never puts a raw CR in a line (tokens are escaped), so CRLF is only a line ending
+        self.lines = text.replace("\r\n", "\n").split("\n")
         self.number = 0
 
     def fail(self, what: str):
@@ -82,6 +110,10 @@ class _Lines:
         if len(fields) != count:
             self.fail(f"expected {expected} ({count} tab-separated fields), got {len(fields)} fields")
         return fields
+
+    def text_so_far(self) -> str:
+        """The lines read so far, as they were written (for the checksum)."""
+        return "\n".join(self.lines[: self.number]) + "\n"
 
     def integer(self, text: str) -> int:
         try:
@@ -111,14 +143,17 @@ class _Lines:
             self.fail(f"bad escaped bytes {text!r}: {error}")
 
 
-def read_tokenizer(path):
-    """(pattern, byte_ids, merges, special_tokens) from a file written by `write_tokenizer`."""
+def read_tokenizer(path) -> dict:
+    """The `Tokenizer` constructor's arguments from a file written by `write_tokenizer` (v1 or v2)."""
     reader = _Lines(path)
     header = reader.next("the header")
-    if header != f"{MAGIC} v{VERSION}":
+    versions = {f"{MAGIC} v{v}": v for v in READABLE_VERSIONS}
+    if header not in versions:
         if header.startswith(f"{MAGIC} v"):
-            reader.fail(f"format {header[len(MAGIC) + 1:]!r} is not supported (this mlxllm reads v{VERSION})")
+            reader.fail(f"format {header[len(MAGIC) + 1:]!r} is not supported (this mlxllm reads "
+                        f"{', '.join(f'v{v}' for v in READABLE_VERSIONS)}); a newer mlxllm wrote it?")
         reader.fail(f"not an mlxllm tokenizer file: expected the header {MAGIC!r} v{VERSION}, got {header[:40]!r}")
+    version = versions[header]
     key, pattern = reader.fields("the pattern", 2)
     if key != "pattern":
         reader.fail(f"expected the 'pattern' line, found {key!r}")
@@ -131,8 +166,8 @@ def read_tokenizer(path):
         value, token_id, token = reader.fields(f"byte {b}", 3)
         if reader.integer(value) != b or reader.escaped(token) != bytes([b]):
             reader.fail(f"expected the line of byte {b}")
-        byte_ids.append(reader.integer(token_id))
-    vocab = {token_id: bytes([b]) for b, token_id in enumerate(byte_ids)}
+        byte_ids.append(None if token_id == "-" and version > 1 else reader.integer(token_id))
+    vocab = {token_id: bytes([b]) for b, token_id in enumerate(byte_ids) if token_id is not None}
 
     merges = []
     for rank in range(reader.section("merges")):
@@ -147,14 +182,39 @@ def read_tokenizer(path):
     for _ in range(reader.section("specials")):
         token_id, token = reader.fields("a special token", 2)
         special_tokens[reader.json_string(token)] = reader.integer(token_id)
+    fields = dict(pattern=pattern, byte_ids=byte_ids, merges=merges, special_tokens=special_tokens)
+    if version > 1:
+        extra_tokens = {}
+        for _ in range(reader.section("extras")):
+            token_id, token = reader.fields("an extra token", 2)
+            extra_tokens[reader.integer(token_id)] = reader.escaped(token)
+        key, settings = reader.fields("the 'settings' line", 2)
+        if key != "settings":
+            reader.fail(f"expected the 'settings' line, found {key!r}")
+        try:
+            settings = json.loads(settings)
+        except json.JSONDecodeError as error:
+            reader.fail(f"bad JSON settings: {error}")
+        known = {"eos_token_ids", "chat_template", "bos_token", "eos_token"}
+        if not isinstance(settings, dict) or not set(settings) <= known:
+            reader.fail(f"the settings must be a JSON object with keys among {sorted(known)}")
+        written = reader.text_so_far()
+        key, expected = reader.fields("the 'checksum' line", 2)
+        if key != "checksum":
+            reader.fail(f"expected the 'checksum' line, found {key!r}")
+        if checksum(written) != expected:
+            raise ValueError(f"{path} is damaged: its content does not match its sha256 checksum (was it edited "
+                             "or cut?); save the tokenizer again from its source")
+        fields.update(extra_tokens=extra_tokens, **settings)
     if reader.next("the 'end' line") != "end":
         reader.fail("expected the 'end' line (more lines than the section counts say?)")
-    return pattern, byte_ids, merges, special_tokens
+    return fields
 
 
-def vocab_listing(byte_ids, merges, special_tokens, vocab) -> str:
+def vocab_listing(byte_ids, merges, special_tokens, extra_tokens, vocab) -> str:
     """One line per token, in id order: id, the token's text, how it was made."""
-    made = {token_id: f"byte 0x{b:02x}" for b, token_id in enumerate(byte_ids)}
+    made = {token_id: f"byte 0x{b:02x}" for b, token_id in enumerate(byte_ids) if token_id is not None}
+    made.update({token_id: "extra (decoded only)" for token_id in extra_tokens})
     for a, b, new in merges:
         made[new] = f"[{show(vocab[a])}] + [{show(vocab[b])}]"
     for token, token_id in special_tokens.items():
@@ -187,8 +247,12 @@ def read_gpt2_files(encoder_json, vocab_bpe):
     except KeyError as error:
         raise ValueError(f"{encoder_json} has no token for the byte {error.args[0]!r}") from None
     merges = []
-    lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+    try:
+        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{vocab_bpe} is not GPT-2's vocab.bpe / merges.txt (not UTF-8 text: {error})") from None
     for number, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")  # CRLF line ends; no token holds a raw CR (byte 13 is written 'č')
         if not line or (number == 1 and line.startswith("#version")):
             continue  # the official file starts with '#version: 0.2'; copies often do not
         parts = line.split(" ")
@@ -201,6 +265,14 @@ def read_gpt2_files(encoder_json, vocab_bpe):
                 f"{vocab_bpe}, line {number}: token {error.args[0]!r} is not in {encoder_json}"
             ) from None
     special_tokens = {"<|endoftext|>": encoder.get("<|endoftext|>", 50256)}
+    # every other token of encoder.json must be made by a merge: if not, the merges file is cut short
+    made = set(byte_ids) | {new for _, _, new in merges} | set(special_tokens.values())
+    if unmade := [token for token, token_id in encoder.items() if token_id not in made]:
+        raise ValueError(
+            f"{vocab_bpe} has {len(merges)} merges, but {len(unmade)} tokens of {encoder_json} (e.g. "
+            f"{unmade[:3]}) are made by none of them: the merges file is truncated or belongs to another "
+            "vocabulary; download both files again"
+        )
     return byte_ids, merges, special_tokens
 
 

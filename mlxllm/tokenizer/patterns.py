@@ -36,6 +36,20 @@ GPT4O_SPLIT_PATTERN = "|".join(
     ]
 )
 
+# SmolLM / StarCoder (tokenizer.json: Sequence[Digits(individual_digits=True), ByteLevel]; GGUF pre "smollm"):
+# every digit is a chunk of its own, then GPT-2's regex; a whitespace run before a digit stays whole.
+GPT2_DIGITS_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+# LLaMA 3 (GGUF pre "llama-bpe") and Qwen2 (GGUF pre "qwen2"): GPT-4's idea, digits in threes or one by one.
+LLAMA3_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
+)
+QWEN2_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
+)
+
 # The same three patterns restricted to ASCII text, for the standard library's `re`, which
 # is ~3x faster than `regex` on \p{..} classes. In ASCII, \p{L} is [A-Za-z], \p{N} is [0-9],
 # \s is [ \t\n\v\f\r] in both modules, and a possessive quantifier at the end of an
@@ -61,8 +75,17 @@ _ASCII_EQUIVALENTS = {
 }
 
 
+# Patterns known to match every character (each ends in catch-all alternatives), so no text falls between chunks.
+_COVERING = {GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, GPT4O_SPLIT_PATTERN, GPT2_DIGITS_SPLIT_PATTERN,
+             LLAMA3_SPLIT_PATTERN, QWEN2_SPLIT_PATTERN}
+
+
 class Splitter:
-    """Cuts text into chunks with a split pattern; uses the fast ASCII form when it can."""
+    """Cuts text into chunks with a split pattern; uses the fast ASCII form when it can.
+
+    Text that the pattern does not match is kept, as a chunk of its own between the matches (as a
+    tokenizer.json Split with behavior "Isolated" does; tiktoken would drop it): no text is ever lost.
+    """
 
     def __init__(self, pattern: str):
         if not isinstance(pattern, str) or not pattern:
@@ -74,14 +97,37 @@ class Splitter:
         ascii_pattern = _ASCII_EQUIVALENTS.get(pattern)
         self.ascii = re.compile(ascii_pattern, re.ASCII) if ascii_pattern else None
         self.pattern = pattern
+        self.covering = pattern in _COVERING
+        self.plain = self.compiled.groups == 0  # with groups, findall would return the groups, not the matches
 
     def findall(self, text: str) -> list[str]:
         """All chunks of `text`, in order; joined they give back `text`."""
         if self.ascii is not None and text.isascii():
             return self.ascii.findall(text)
-        return self.compiled.findall(text)
+        if self.plain:
+            chunks = self.compiled.findall(text)
+            if sum(map(len, chunks)) == len(text):  # the matches cover the text (always, for _COVERING)
+                return chunks
+        return list(_with_gaps(self.compiled, text))
 
     def iter_chunks(self, text: str) -> Iterator[str]:
         """The same chunks as `findall`, one at a time (memory does not grow with the text)."""
-        compiled = self.ascii if self.ascii is not None and text.isascii() else self.compiled
-        return map(itemgetter(0), compiled.finditer(text))
+        if self.ascii is not None and text.isascii():
+            return map(itemgetter(0), self.ascii.finditer(text))
+        if self.covering:
+            return map(itemgetter(0), self.compiled.finditer(text))
+        return _with_gaps(self.compiled, text)
+
+
+def _with_gaps(compiled: regex.Pattern, text: str) -> Iterator[str]:
+    """The non-empty matches of `compiled` in `text` and, as chunks of their own, the pieces between them."""
+    end = 0
+    for found in compiled.finditer(text):
+        start, stop = found.span()
+        if start > end:
+            yield text[end:start]
+        if stop > start:
+            yield text[start:stop]
+        end = max(end, stop)
+    if end < len(text):
+        yield text[end:]

@@ -1,0 +1,118 @@
+"""Data-parallel scaling: tokens/s of `mlxllm`'s training step on 1 vs N ranks, and the all-reduce's share.
+
+Run it once alone and once under `mlx.launch` (NCCL on a CUDA host, one GPU per rank; ring on Macs):
+
+    python benchmarks/bench_distributed.py --preset shakespeare-char --json 1gpu.json
+    mlx.launch -n 2 --backend nccl -- python benchmarks/bench_distributed.py --preset shakespeare-char --json 2gpu.json
+
+Every rank keeps the per-rank batch of the preset (weak scaling: N ranks process N times the tokens per step),
+so the speed-up is tokens/s(N) / tokens/s(1) and its ideal is N. The all-reduce is timed on its own on a buffer
+as large as the gradient (4 bytes per float32 parameter). `--params FILE` saves the parameters after the run
+(rank 0) so that two runs on the same global batches can be compared (`--global-batch` fixes the global batch).
+Appendix, Data-parallel training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mlxllm import ModelConfig, data
+from mlxllm.distributed import world
+from mlxllm.presets import PRESETS
+from mlxllm.tokenizer import CharTokenizer, Tokenizer
+from mlxllm.training import Trainer
+
+# a GPT-2-small-sized model (124M) at context 1024: the "larger preset" of the scaling table
+GPT2_124M = dict(dims=768, n_layers=12, n_heads=12, bias=False, tie_embeddings=True, dropout=0.0)
+
+
+def setup(preset: str, per_rank_batch: int | None, global_batch: int | None, steps: int, size: int):
+    """(model config, train config, train ids, val ids, tokenizer) for one of the two benchmark shapes."""
+    text = data.get_path("tinyshakespeare").read_text()
+    if preset == "gpt2-124m":
+        tokenizer = Tokenizer.from_gpt2_files(data.get_path("gpt2-vocab"), data.get_path("gpt2-merges"))
+        ids = np.asarray(tokenizer.encode_ordinary(text), dtype=np.int32)
+        model_config = ModelConfig.gpt2(vocab_size=tokenizer.vocab_size, context_length=1024, **GPT2_124M)
+        train = PRESETS["shakespeare-char"].train
+        per_rank_batch = per_rank_batch or 8
+    else:
+        tokenizer = CharTokenizer.train(text)
+        ids = np.asarray(tokenizer.encode(text), dtype=np.int32)
+        model_config = PRESETS[preset].model_config(tokenizer.vocab_size)
+        train = PRESETS[preset].train
+        per_rank_batch = per_rank_batch or train.batch_size
+    batch = global_batch or per_rank_batch * size
+    config = dataclasses.replace(train, steps=steps, batch_size=batch, context=model_config.context_length,
+                                 eval_interval=10**6, grad_accumulation=1, checkpoint_every=0)
+    split = int(len(ids) * 0.9)
+    return model_config, config, ids[:split], ids[split:], tokenizer
+
+
+def time_all_reduce(n_floats: int, group, repeats: int = 10) -> float:
+    """Seconds per all_sum of an n_floats float32 buffer (the gradient's size), median of `repeats`."""
+    buffer = mx.ones((n_floats,), dtype=mx.float32)
+    mx.eval(mx.distributed.all_sum(buffer, group=group))  # warm-up (connects, compiles)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        mx.eval(mx.distributed.all_sum(buffer, group=group))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="shakespeare-char", choices=["shakespeare-char", "gpt2-124m", "tiny"])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    parser.add_argument("--per-rank-batch", type=int, default=None)
+    parser.add_argument("--global-batch", type=int, default=None, help="fix the global batch (for equality runs)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "mixed-bfloat16"])
+    parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (0: equality runs)")
+    parser.add_argument("--params", default=None, help="save the final parameters here (rank 0, .npz)")
+    parser.add_argument("--json", default=None, help="write the results here (rank 0)")
+    args = parser.parse_args()
+
+    group = world()
+    size, rank = group.size(), group.rank()
+    model_config, config, train_ids, val_ids, tokenizer = setup(
+        args.preset, args.per_rank_batch, args.global_batch, args.warmup + args.steps, size)
+    config = dataclasses.replace(config, dtype=args.dtype)
+    if args.dropout is not None:
+        model_config = dataclasses.replace(model_config, dropout=args.dropout)
+    trainer = Trainer.create(model_config, config, train_ids, val_ids, tokenizer)
+    n_params = sum(p.size for _, p in tree_flatten(trainer.model.parameters()))
+    for _ in range(args.warmup):
+        trainer.train_step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.train_step()
+    seconds = (time.perf_counter() - start) / args.steps
+    reduce_s = time_all_reduce(n_params, group) if size > 1 else 0.0
+    result = {
+        "preset": args.preset, "ranks": size, "device": str(mx.default_device()), "mlx": mx.__version__,
+        "dtype": args.dtype, "parameters": n_params, "global_batch": config.batch_size, "context": config.context,
+        "tokens_per_step": config.batch_size * config.context, "step_ms": round(seconds * 1e3, 2),
+        "tokens_per_s": round(config.batch_size * config.context / seconds),
+        "all_reduce_bytes": 4 * n_params if size > 1 else 0, "all_reduce_ms": round(reduce_s * 1e3, 3),
+        "all_reduce_share": round(reduce_s / seconds, 4) if size > 1 else 0.0,
+        "final_loss": trainer.metrics["loss"][-1],
+    }
+    if rank == 0:
+        print(json.dumps(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        if args.params:
+            np.savez(args.params, **{k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(trainer.model.parameters())})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Training checkpoints: written as one unit, verified on load, resumed exactly, locked while a run uses them.
+
+A checkpoint folder (``mlxllm train --out``) holds ``checkpoint.json`` (the marker and manifest: configs,
+what the run trained on, step, and the sha256 of every file) and one ``step-NNNNNN/`` folder with
+``model.safetensors`` (the kept model: last or best), ``latest.safetensors`` (the newest parameters,
+when the kept model is an older best), ``optimizer.safetensors``, ``state.json``, ``metrics.json``
+and the tokenizer. A save writes a hidden temporary folder, fsyncs it, renames it into place and
+then replaces ``checkpoint.json`` (one atomic rename): a crash mid-save leaves the previous
+checkpoint whole. Built in Chapter 6, Training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlxllm.data import sha256_of
+from mlxllm.model import ModelConfig, TransformerLM
+
+MARKER = "checkpoint.json"
+FORMAT = "mlxllm-checkpoint"
+VERSION = 1
+TOKENIZER_FILE = "tokenizer.mlxllm"
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "patience", "save")  # TrainConfig fields a resume may change
+
+
+class CheckpointError(ValueError):
+    """A folder that is not a checkpoint, a damaged file, or a checkpoint that cannot be written."""
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """True for a folder written by ``Trainer.save`` (it has our ``checkpoint.json`` marker). Chapter 6."""
+    path = Path(folder) / MARKER
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """``checkpoint.json`` of a checkpoint folder, or a CheckpointError saying in one sentence what it is instead."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CheckpointError(f"{folder} does not exist, so it is not a checkpoint folder; train into it first "
+                              "with `mlxllm train --out ...`")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file, not a checkpoint folder; load model files such as .gguf with "
+                              "mlxllm.load_pretrained (or `mlxllm generate`)")
+    path = folder / MARKER
+    if not path.is_file():
+        if (folder / "config.json").is_file():
+            raise CheckpointError(f"{folder} is not a checkpoint folder (it has config.json but no {MARKER}): it "
+                                  "looks like a Hugging Face model folder, so load it with mlxllm.load_pretrained "
+                                  "(or `mlxllm generate`)")
+        raise CheckpointError(f"{folder} is not a checkpoint folder (no {MARKER}); train into it first with "
+                              "`mlxllm train --out ...`")
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format is {manifest.get('format')!r}, not {FORMAT!r}")
+        manifest["step"], manifest["folder"], manifest["files"], manifest["model"], manifest["train"]  # noqa: B018
+    except (ValueError, KeyError, AttributeError, TypeError) as error:
+        raise CheckpointError(f"{path} is corrupt ({type(error).__name__}: {error}); restore it from a backup "
+                              "or train again into an empty --out") from None
+    return manifest
+
+
+def verified(folder: str | Path, manifest: dict, name: str) -> Path:
+    """The path of one file of the checkpoint, after checking its sha256 against the manifest."""
+    path = Path(folder) / manifest["folder"] / name
+    expected = manifest["files"].get(name)
+    if expected is None or not path.is_file():
+        raise CheckpointError(f"{path} is missing from the checkpoint; restore it or train again into an empty --out")
+    if path.stat().st_size == 0 or sha256_of(path) != expected:
+        state = "empty" if path.stat().st_size == 0 else "damaged (its sha256 differs from the one in checkpoint.json)"
+        raise CheckpointError(f"{path} is {state}; restore the file from a backup or train again into an empty --out")
+    return path
+
+
+def read_json(folder: str | Path, manifest: dict, name: str) -> dict:
+    path = verified(folder, manifest, name)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); restore it or train again into an empty --out") from None
+
+
+def read_arrays(folder: str | Path, manifest: dict, name: str) -> dict[str, mx.array]:
+    path = verified(folder, manifest, name)
+    try:
+        return mx.load(str(path))
+    except (RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be read ({error}); restore it or train again") from None
+
+
+def first_config_mismatch(saved: dict, current: dict) -> str | None:
+    """'name is A in the checkpoint but B here' for the first differing field, or None."""
+    for name in list(saved) + [k for k in current if k not in saved]:
+        if saved.get(name) != current.get(name):
+            return f"{name} is {saved.get(name)!r} in the checkpoint but {current.get(name)!r} here"
+    return None
+
+
+def check_arrays(saved: dict[str, mx.array], current: dict[str, mx.array], what: str) -> None:
+    """CheckpointError naming the first array that is missing, unexpected or of another shape."""
+    for name, array in current.items():
+        if name not in saved:
+            raise CheckpointError(f"{what}: {name} is missing from the checkpoint")
+        if saved[name].shape != array.shape:
+            raise CheckpointError(f"{what}: {name} has shape {tuple(saved[name].shape)} in the checkpoint but "
+                                  f"{tuple(array.shape)} here")
+    if extra := [name for name in saved if name not in current]:
+        raise CheckpointError(f"{what}: the checkpoint has {extra[0]}, which this model does not")
+
+
+def load_model_weights(model: TransformerLM, folder: str | Path, name: str = "model.safetensors") -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``model``; another config or shape → error naming it.
+    Built in Chapter 6, Training."""
+    manifest = read_manifest(folder)
+    if problem := first_config_mismatch(manifest["model"], model.config.to_dict()):
+        raise CheckpointError(f"checkpoint {folder} does not match the model: {problem}")
+    weights = read_arrays(folder, manifest, name)
+    check_arrays(weights, dict(tree_flatten(model.parameters())), f"checkpoint {folder} does not match the model")
+    model.load_weights(list(weights.items()))
+
+
+def load_checkpoint_tokenizer(folder: str | Path, manifest: dict | None = None):
+    """The tokenizer saved with a checkpoint (None when the run had none). Built in Chapter 6, Training."""
+    from mlxllm.tokenizer import load_tokenizer
+
+    manifest = manifest or read_manifest(folder)
+    return load_tokenizer(verified(folder, manifest, TOKENIZER_FILE)) if TOKENIZER_FILE in manifest["files"] else None
+
+
+def load_model(folder: str | Path) -> tuple[TransformerLM, object]:
+    """The kept model (in eval mode) and its tokenizer, from a checkpoint folder written by ``Trainer``. Chapter 6."""
+    manifest = read_manifest(folder)
+    model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
+    model.set_dtype(mx.bfloat16 if manifest["train"]["dtype"] == "bfloat16" else mx.float32)
+    load_model_weights(model, folder)
+    model.eval()
+    return model, load_checkpoint_tokenizer(folder, manifest)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saving as one unit.
+
+
+def _write_fsynced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(trainer, folder: str | Path) -> Path:
+    """Write ``trainer``'s checkpoint into ``folder`` as one unit; the previous one stays whole until the end.
+
+    Disk errors (a full disk, no permission) become one CheckpointError sentence naming the folder. Chapter 6.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".saving-"))
+    try:
+        latest = dict(tree_flatten(trainer.model.parameters()))
+        best = trainer.metrics.get("best")
+        keep_best = trainer.config.save == "best" and trainer.best_parameters is not None
+        mx.save_safetensors(str(tmp / "model.safetensors"),
+                            dict(tree_flatten(trainer.best_parameters)) if keep_best else latest)
+        resume_from = "model.safetensors"
+        if keep_best and best["step"] != trainer.step:  # the kept model is older: the newest goes beside it
+            mx.save_safetensors(str(tmp / "latest.safetensors"), latest)
+            resume_from = "latest.safetensors"
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(trainer.optimizer.state)))
+        if trainer.tokenizer is not None:
+            from mlxllm.tokenizer import save_tokenizer
+
+            save_tokenizer(trainer.tokenizer, tmp / TOKENIZER_FILE)
+        state = {"step": trainer.step, "batch_key": trainer.batch_key.tolist(), "world_size": trainer.group.size(),
+                 "resume_from": resume_from}
+        _write_fsynced(tmp / "state.json", json.dumps(state).encode())
+        _write_fsynced(tmp / "metrics.json", json.dumps(trainer.metrics).encode())
+        files = {}
+        for path in sorted(tmp.iterdir()):
+            _fsync(path)
+            files[path.name] = sha256_of(path)
+        _fsync(tmp)
+        target = folder / f"step-{trainer.step:06d}"
+        for n in range(1, 1000):  # the same step saved twice (a periodic save, then the final one)
+            if not target.exists():
+                break
+            target = folder / f"step-{trainer.step:06d}.{n}"
+        os.rename(tmp, target)
+        manifest = {"format": FORMAT, "version": VERSION, "step": trainer.step, "folder": target.name,
+                    "model": trainer.model.config.to_dict(), "train": trainer.config.to_dict(),
+                    "source": trainer.source, "best": best, "files": files}
+        marker_tmp = folder / f".{MARKER}.tmp"
+        _write_fsynced(marker_tmp, json.dumps(manifest, indent=2).encode())
+        os.replace(marker_tmp, folder / MARKER)  # the commit: before it the old checkpoint, after it the new one
+        _fsync(folder)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        what = error.strerror or str(error)
+        advice = "free some space" if error.errno == errno.ENOSPC else "fix the folder's permissions"
+        raise CheckpointError(f"could not write the checkpoint in {folder} ({what}); {advice}, then continue with "
+                              "--resume: the previous checkpoint there is intact") from None
+    for old in folder.iterdir():  # older step folders and interrupted saves
+        if old.is_dir() and old != target and old.name.startswith(("step-", ".saving-")):
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_training_state(cls, folder: str | Path, train_ids, val_ids, config=None):
+    """A ``cls`` (Trainer) restored from ``folder``: parameters, optimizer state, step, batch key, metrics."""
+    from mlxllm.optimizer import make_optimizer
+    from mlxllm.training import TrainConfig
+
+    manifest = read_manifest(folder)
+    train_config = TrainConfig.from_dict(manifest["train"])
+    if config is not None:
+        keep = {name: getattr(train_config, name) for name in RESUMABLE_CHANGES}
+        if problem := first_config_mismatch(manifest["train"], {**config.to_dict(), **keep}):
+            raise CheckpointError(f"cannot resume {folder} with another training config: {problem}")
+        train_config = config
+    state = read_json(folder, manifest, "state.json")
+    metrics = read_json(folder, manifest, "metrics.json")
+    model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
+    model.set_dtype(train_config.parameter_dtype)
+    load_model_weights(model, folder, state.get("resume_from", "model.safetensors"))
+    model.train()
+    optimizer = make_optimizer(model, train_config)
+    saved = read_arrays(folder, manifest, "optimizer.safetensors")
+    check_arrays(saved, dict(tree_flatten(optimizer.state)), f"optimizer state in {folder} does not match")
+    optimizer.state = tree_unflatten(list(saved.items()))
+    trainer = cls(model, train_config, train_ids, val_ids, optimizer, load_checkpoint_tokenizer(folder, manifest),
+                  manifest.get("source") or {}, state["step"], mx.array(state["batch_key"], dtype=mx.uint32), metrics)
+    if train_config.save == "best" and manifest.get("best") and manifest["best"]["step"] != trainer.step:
+        trainer.best_parameters = tree_unflatten(list(read_arrays(folder, manifest, "model.safetensors").items()))
+    elif train_config.save == "best" and manifest.get("best"):
+        trainer.best_parameters = trainer.model.parameters()
+    if (saved_size := state.get("world_size", 1)) != trainer.group.size():
+        warnings.warn(f"{folder} was written by a run over {saved_size} rank(s) and resumes over "
+                      f"{trainer.group.size()}: the global batches are the same, but rounding differs, so the "
+                      "continuation is close to, not bit-identical with, an uninterrupted run")
+    trainer.sync_ranks()
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run per folder.
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path):
+    """Hold ``folder/run.lock`` (our pid and host) while a run writes there; a lock whose process is gone is stale
+    and taken over. A live one → CheckpointError naming its pid. Built in Chapter 6, Training."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, me = folder / "run.lock", {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                pid, host = int(holder["pid"]), holder.get("host")
+            except (OSError, ValueError, KeyError, TypeError):
+                pid, host = None, me["host"]  # unreadable: written by a process killed mid-write
+            if pid is not None and (host != me["host"] or _alive(pid)):
+                where = "" if host == me["host"] else f" on {host}"
+                raise CheckpointError(f"{folder} is in use by another run (pid {pid}{where}); wait for it to finish "
+                                      f"or choose another --out (if that run is gone, delete {path})") from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        break
+    else:
+        raise CheckpointError(f"could not take the lock {path}; delete it if no run uses {folder}")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()

@@ -1,0 +1,155 @@
+"""The model's configuration: every size and architectural choice, and every rule that ties them together.
+
+The layers read their settings from one ``ModelConfig`` (``MultiHeadAttention(config)``,
+``TransformerBlock(config)``), so each rule below is written once, here, and a bad combination is a
+clear error when the configuration is made, before any layer is built.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+FAMILIES = ("gpt2", "llama")  # the checkpoint families whose names and layouts we read and write
+NORMS = ("layernorm", "rmsnorm", "none")
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+
+
+def swiglu_hidden_dims(dims: int, multiple_of: int = 32) -> int:
+    """LLaMA's SwiGLU width: 2/3 of 4·C (three matrices cost what two 4·C ones do), rounded up. Built in Chapter 4."""
+    hidden = int(8 * dims / 3)
+    return (hidden + multiple_of - 1) // multiple_of * multiple_of
+
+
+def default_ffn_dims(dims: int, activation: str) -> int:
+    """The feed-forward width when none is given: 4·C for an MLP, ≈ 8/3·C for SwiGLU. Built in Chapter 4."""
+    return swiglu_hidden_dims(dims) if activation == "swiglu" else 4 * dims
+
+
+class Derived(int):
+    """A size filled in by a default rule rather than given (``n_kv_heads``, ``ffn_dims``).
+
+    It is an ordinary int everywhere, but it remembers where it came from, so that
+    ``dataclasses.replace(config, dims=128)`` recomputes it for the new sizes instead of silently
+    keeping the old model's width.
+    """
+
+
+@dataclass
+class ModelConfig:
+    """Every size and architectural choice of a ``TransformerLM``. Built in Chapter 5.
+
+    Defaults are GPT-2 small (124M). Left out, ``n_kv_heads`` becomes n_heads (plain multi-head
+    attention) and ``ffn_dims`` 4·dims for an MLP or ≈ 8/3·dims for SwiGLU; neither is None afterwards.
+    ``family`` names the checkpoint family whose weight names and layout the model follows when it is
+    saved or loaded; the architectural flags themselves can still be mixed freely (Chapter 8).
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    dims: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None
+    ffn_dims: int | None = None
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm" | "none"
+    position: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
+    activation: str = "gelu_tanh"  # "gelu" | "gelu_tanh" | "relu" | "swiglu"
+    bias: bool = True
+    qkv_bias: bool = False  # biases on q, k, v even when bias=False (Qwen2)
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    rope_traditional: bool = False  # False: rotate-half (Hugging Face); True: adjacent pairs (Meta)
+    norm_eps: float = 1e-5
+    pre_norm: bool = True
+    parallel_block: bool = False
+    qk_norm: bool = False
+    logit_softcap: float | None = None  # logits → cap·tanh(logits / cap) (Gemma 2)
+    dropout: float = 0.0  # on embeddings, branch outputs and attention probabilities, in training mode
+    family: str = "gpt2"  # "gpt2" | "llama"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "dims", "n_layers", "n_heads"):
+            _check_positive_int(name, getattr(self, name))
+        for name, allowed in (("family", FAMILIES), ("norm", NORMS), ("position", POSITIONS),
+                              ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        # sizes left out (or filled in by a rule before a dataclasses.replace) follow the rule for the new sizes
+        if self.n_kv_heads is None or isinstance(self.n_kv_heads, Derived):
+            self.n_kv_heads = Derived(self.n_heads)
+        if self.ffn_dims is None or isinstance(self.ffn_dims, Derived):
+            self.ffn_dims = Derived(default_ffn_dims(self.dims, self.activation))
+        _check_positive_int("ffn_dims", self.ffn_dims)
+        if self.dims % self.n_heads:
+            raise ValueError(f"dims={self.dims} must be divisible by n_heads={self.n_heads} "
+                             "(each head gets dims / n_heads features)")
+        kv = self.n_kv_heads
+        if not isinstance(kv, int) or isinstance(kv, bool) or kv < 1 or self.n_heads % kv:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={kv} "
+                             "(each key/value head serves a whole group of query heads)")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope rotates pairs of features, so it needs an even head_dim; "
+                             f"got dims / n_heads = {self.head_dim}")
+        if self.position == "sinusoidal" and self.dims % 2:
+            raise ValueError(f"sinusoidal positions need even dims, got {self.dims}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be positive (it keeps a norm from dividing by zero), "
+                             f"got {self.norm_eps}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ValueError(f"logit_softcap must be positive or None, got {self.logit_softcap}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.parallel_block and not self.pre_norm:
+            raise ValueError("parallel_block=True needs pre_norm=True (both branches read the same normed input)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dims // self.n_heads
+
+    @classmethod
+    def gpt2(cls, **overrides) -> "ModelConfig":
+        """GPT-2: learned positions, LayerNorm, tanh-GELU MLP, biases, head tied to the embedding."""
+        base = dict(family="gpt2", norm="layernorm", position="learned", activation="gelu_tanh", bias=True,
+                    tie_embeddings=True)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def llama(cls, **overrides) -> "ModelConfig":
+        """LLaMA: RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention, untied head.
+
+        Default sizes are those of SmolLM2-135M (a LLaMA-shaped model), with an untied head.
+        """
+        base = dict(
+            family="llama", vocab_size=49152, context_length=2048, dims=576, n_layers=30, n_heads=9, n_kv_heads=3,
+            ffn_dims=1536, norm="rmsnorm", position="rope", activation="swiglu", bias=False, tie_embeddings=False,
+            rope_theta=100000.0, norm_eps=1e-5,
+        )
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        """Every field, sizes as plain ints (what a checkpoint stores)."""
+        values = dataclasses.asdict(self)
+        values["n_kv_heads"], values["ffn_dims"] = int(self.n_kv_heads), int(self.ffn_dims)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """The inverse of ``to_dict``; unknown keys are an error, not silently dropped.
+
+        Legacy reading: a dict without ``family`` (written before the field existed) gets it from its
+        positions, "learned" → "gpt2", anything else → "llama". This is the only place it is inferred.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields are {sorted(known)}")
+        if "family" not in values:
+            values = {**values, "family": "gpt2" if values.get("position", "learned") == "learned" else "llama"}
+        return cls(**values)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

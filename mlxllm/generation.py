@@ -1,0 +1,227 @@
+"""Part 4 — Generation: turn next-token logits into text, one sampled token at a time.
+
+A sampler is built once from its settings (validated once, as mlx-lm's ``make_sampler`` does) and
+the decode loop just calls it: prefill the prompt into the KV cache, then feed each choice back in.
+"""
+
+import codecs
+import math
+import numbers
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from mlxllm.model import TransformerLM
+
+# Temperatures below this are greedy decoding (argmax): dividing by a tiny temperature would overflow
+# the logits to ±inf, and the limit T → 0 of softmax(logits / T) is the argmax anyway.
+GREEDY_TEMPERATURE = 1e-5
+
+Sampler = Callable[[mx.array, mx.array | None], mx.array]  # (logits (..., V), key or None) → ids (...)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick the next token: temperature, then top-k, top-p and min-p filters. Built in Chapter 5.
+
+    Checked once, when it is made; ``temperature < GREEDY_TEMPERATURE`` (0 included) is greedy decoding.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+
+    def __post_init__(self):
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be >= 0 and finite (0 means greedy), got {t!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {k!r}")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+        m = self.min_p
+        if m is not None and (isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0.0 <= m <= 1.0):
+            raise ValueError(f"min_p must be in [0, 1], got {m!r}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when sampling is argmax: the temperature is (practically) zero."""
+        return self.temperature < GREEDY_TEMPERATURE
+
+    def filter(self, logits: mx.array) -> mx.array:
+        """The logits the draw is made from: divided by the temperature, dropped tokens set to −inf.
+
+        Order: temperature, then keep the top_k most likely, then the smallest set of most likely tokens
+        whose probability reaches top_p, then drop tokens below min_p × the most likely one's probability.
+        """
+        if self.greedy:
+            raise ValueError(f"temperature {self.temperature} (< {GREEDY_TEMPERATURE}) is greedy decoding "
+                             "(argmax), which has no distribution to return")
+        logits = logits.astype(mx.float32) / self.temperature  # (..., V)
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth_largest = mx.sort(logits, axis=-1)[..., -self.top_k, None]  # (..., 1)
+            logits = mx.where(logits >= kth_largest, logits, -mx.inf)
+        if self.top_p is not None and self.top_p < 1.0:
+            sorted_logits = mx.sort(logits, axis=-1)[..., ::-1]  # most likely first
+            sorted_probs = mx.softmax(sorted_logits, axis=-1)
+            # keep a token while the tokens before it have not yet reached top_p (the first is always kept)
+            n_keep = ((mx.cumsum(sorted_probs, axis=-1) - sorted_probs) < self.top_p).sum(axis=-1, keepdims=True)
+            threshold = mx.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # the least likely kept logit
+            logits = mx.where(logits >= threshold, logits, -mx.inf)
+        if self.min_p is not None and self.min_p > 0.0:
+            log_threshold = logits.max(axis=-1, keepdims=True) + math.log(self.min_p)
+            logits = mx.where(logits >= log_threshold, logits, -mx.inf)
+        return logits
+
+
+def sampling_logits(logits: mx.array, *, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None, min_p: float | None = None) -> mx.array:
+    """The filtered logits ``sample`` draws from (``softmax`` of them is the distribution). Built in Chapter 5."""
+    return SamplingConfig(temperature, top_k, top_p, min_p).filter(logits)
+
+
+def make_sampler(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None) -> Sampler:
+    """Build ``sampler(logits, key) → ids`` once, arguments checked here and not per token. Built in Chapter 5.
+
+    Greedy (argmax) below ``GREEDY_TEMPERATURE``; otherwise a categorical draw from the filtered logits,
+    with ``key`` (``mx.random.key(seed)``) or, when it is None, MLX's global random state.
+    """
+    config = SamplingConfig(temperature, top_k, top_p, min_p)
+    if config.greedy:
+        return lambda logits, key=None: mx.argmax(logits, axis=-1)
+    return lambda logits, key=None: mx.random.categorical(config.filter(logits), axis=-1, key=key)
+
+
+def sample(logits: mx.array, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           min_p: float | None = None, key: mx.array | None = None) -> mx.array:
+    """Draw one token id per row of (B, V) logits (or (V,) → scalar): ``make_sampler(...)(logits, key)``.
+
+    Pass ``key`` (``mx.random.key(seed)``) for reproducible draws. Built in Chapter 5.
+    """
+    return make_sampler(temperature, top_k, top_p, min_p)(logits, key)
+
+
+_generation_stream = mx.new_thread_local_stream(mx.default_device())
+
+
+def generate(
+    model: TransformerLM,
+    prompt_ids: Iterable[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    sampler: Sampler | None = None,
+    seed: int | None = None,
+    key: mx.array | None = None,
+    stop_ids: Iterable[int] = (),
+) -> Iterator[int]:
+    """Yield new token ids one at a time: prefill the prompt once, then decode with the KV cache.
+
+    Sampling comes from the keywords or from a prebuilt ``sampler=make_sampler(...)``. Stops after
+    ``max_new_tokens`` or when a ``stop_ids`` token is drawn (it is not yielded). Generation may run past
+    ``model.config.context_length``: the model then sees the last context_length tokens, as nanoGPT's
+    sampler does. ``seed`` or ``key`` make sampling reproducible. Arguments are checked when ``generate``
+    is called, before the first token is asked for. Built in Chapter 5.
+    """
+    if isinstance(prompt_ids, (str, bytes)):
+        raise ValueError("prompt_ids must be token ids, not text: pass tokenizer.encode(text)")
+    prompt = [int(i) for i in prompt_ids]
+    vocab_size, context_length = model.config.vocab_size, model.config.context_length
+    if sampler is None:
+        sampler = make_sampler(temperature, top_k, top_p, min_p)
+    elif temperature != 1.0 or top_k is not None or top_p is not None or min_p is not None:
+        raise ValueError("pass either sampler= or the sampling keywords (temperature, top_k, top_p, min_p), not both")
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one token id (e.g. a start or newline token)")
+    if bad := [i for i in prompt if not 0 <= i < vocab_size]:
+        raise ValueError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+    if len(prompt) > context_length:
+        raise ValueError(f"the prompt has {len(prompt)} tokens but the model sees at most context_length="
+                         f"{context_length}; shorten the prompt (keep its last {context_length} tokens)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if key is None and seed is not None:
+        key = mx.random.key(seed)
+    stop = set(int(i) for i in stop_ids)
+    return _decode(model, prompt, max_new_tokens, sampler, stop, key)
+
+
+def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sampler: Sampler, stop: set[int],
+            key: mx.array | None) -> Iterator[int]:
+    """The generator behind ``generate``, for arguments already checked.
+
+    Past the context the window slides: each new token is predicted by a fresh forward pass over the last
+    context_length tokens (a re-prefill). For RoPE models a rotating KV cache would avoid the re-prefill,
+    at the price of keeping keys computed from tokens that have left the window.
+    """
+    if max_new_tokens == 0:
+        return
+    context_length = model.config.context_length
+    cache = model.make_cache()
+    cached = 0  # positions held in the cache
+    history = list(prompt)  # every token handed out so far (prompt included), to rebuild a slid window
+
+    def step(ids: mx.array, cache) -> mx.array:
+        nonlocal key
+        with mx.stream(_generation_stream):  # its own queue: other work on the default stream cannot delay it
+            # only the last position predicts the next token: apply the LM head there alone
+            logits = model.logits(model.hidden_states(ids, cache)[:, -1, :])  # (1, V)
+            step_key = None
+            if key is not None:
+                key, step_key = mx.random.split(key)
+            return sampler(logits, step_key)  # (1,)
+
+    def next_after(token: mx.array) -> mx.array:
+        """The token after ``token`` (1,), which follows ``history``; cached while the context has room."""
+        nonlocal cached
+        if cached < context_length:
+            cached += 1
+            return step(token[:, None], cache)
+        # the window is full: the last context_length tokens, recomputed without a cache
+        earlier = history[len(history) - (context_length - 1):] if context_length > 1 else []
+        return step(mx.concatenate([mx.array(earlier, dtype=token.dtype), token])[None], None)  # (1, C)
+
+    # prefill: all but the last prompt token only need to leave their keys and values in the cache. Their
+    # outputs are dropped, and MLX being lazy never computes the parts that only fed those outputs (the
+    # last block's feed-forward, the final norm); the last token then goes through the usual step.
+    if len(prompt) > 1:
+        with mx.stream(_generation_stream):
+            model.hidden_states(mx.array([prompt[:-1]]), cache)
+    cached = len(prompt)
+    token = step(mx.array([prompt[-1:]]), cache)  # (1,)
+    mx.async_eval(token)
+    for n in range(max_new_tokens):
+        if n + 1 < max_new_tokens:
+            next_token = next_after(token)  # queue the next step before handing this token out
+            mx.async_eval(next_token)
+        value = token.item()
+        if value in stop:  # the stop token ends the answer and is not part of it
+            return
+        history.append(value)
+        yield value
+        if n + 1 < max_new_tokens:
+            token = next_token
+
+
+def stream_text(token_ids: Iterable[int], tokenizer) -> Iterator[str]:
+    """Turn a stream of ids into text pieces, holding back bytes until they form whole UTF-8 characters.
+
+    A byte-level token can end in the middle of a character (emoji, CJK); printing each token's own
+    decode would show U+FFFD. ``tokenizer`` needs ``decode_bytes(ids)``. Built in Chapter 5.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token_id in token_ids:
+        text = decoder.decode(tokenizer.decode_bytes([token_id]))
+        if text:
+            yield text
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail

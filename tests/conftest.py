@@ -1,0 +1,62 @@
+"""Helpers shared by the test files: tiny models of both families and O(1) random weights.
+
+Owners of other test files may append helpers at the end; float comparisons go through
+``mlxllm.tolerances`` (``assert_close``, ``relative_difference``).
+"""
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mlxllm.config import ModelConfig
+from mlxllm.model import TransformerLM
+
+# tiny sizes (this CPU does ~5 GFLOP/s); context 320 leaves room to decode across a 256-position cache chunk
+GPT2_TINY = dict(vocab_size=97, context_length=320, dims=32, n_layers=2, n_heads=4)
+LLAMA_TINY = dict(vocab_size=97, context_length=320, dims=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dims=64)
+
+
+def tiny_config(family: str = "gpt2", **overrides) -> ModelConfig:
+    """A tiny ModelConfig of the family's preset (GPT2_TINY or LLAMA_TINY sizes), with overrides."""
+    if family == "gpt2":
+        return ModelConfig.gpt2(**{**GPT2_TINY, **overrides})
+    if family == "llama":
+        return ModelConfig.llama(**{**LLAMA_TINY, **overrides})
+    raise ValueError(f"family must be 'gpt2' or 'llama', got {family!r}")
+
+
+def make_model(family: str = "gpt2", seed: int = 0, **overrides) -> TransformerLM:
+    """A tiny TransformerLM with the package's own (GPT-2) initialisation, seeded and evaluated."""
+    mx.random.seed(seed)
+    model = TransformerLM(tiny_config(family, **overrides))
+    mx.eval(model.parameters())
+    return model
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter random and O(1), so no wiring hides behind 1s, 0s or GPT-2's gentle init.
+
+    Matrices N(0, 1/fan_in) (activations stay O(1) at any width), 1-D weights (norm gains) 1 + N(0, 0.3²),
+    biases N(0, 0.3²). Returns the module, updated in place and evaluated.
+    """
+    params = tree_flatten(module.parameters())
+    keys = mx.random.split(mx.random.key(seed), max(len(params), 1))
+    new = []
+    for (name, value), key in zip(params, keys):
+        noise = mx.random.normal(value.shape, key=key)
+        if value.ndim >= 2:
+            new.append((name, noise / math.sqrt(value.shape[-1])))
+        elif name.endswith("weight"):
+            new.append((name, 1.0 + 0.3 * noise))
+        else:
+            new.append((name, 0.3 * noise))
+    module.load_weights(new)
+    mx.eval(module.parameters())
+    return module
+
+
+def n_params(module: nn.Module) -> int:
+    """Number of values in a module's parameters (for a float module; quantized ones pack several per word)."""
+    return sum(p.size for _, p in tree_flatten(module.parameters()))
