@@ -18,11 +18,10 @@ import os
 import shutil
 import socket
 import tempfile
-import warnings
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from mlxllm.data import sha256_of
 from mlxllm.model import ModelConfig, TransformerLM
@@ -226,42 +225,6 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
         if old.is_dir() and old != target and old.name.startswith(("step-", ".saving-")):
             shutil.rmtree(old, ignore_errors=True)
     return folder
-
-
-def load_training_state(cls, folder: str | Path, train_ids, val_ids, config=None):
-    """A ``cls`` (Trainer) restored from ``folder``: parameters, optimizer state, step, batch key, metrics."""
-    from mlxllm.optimizer import make_optimizer
-    from mlxllm.training import TrainConfig
-
-    manifest = read_manifest(folder)
-    train_config = TrainConfig.from_dict(manifest["train"])
-    if config is not None:
-        keep = {name: getattr(train_config, name) for name in RESUMABLE_CHANGES}
-        if problem := first_config_mismatch(manifest["train"], {**config.to_dict(), **keep}):
-            raise CheckpointError(f"cannot resume {folder} with another training config: {problem}")
-        train_config = config
-    state = read_json(folder, manifest, "state.json")
-    metrics = read_json(folder, manifest, "metrics.json")
-    model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
-    model.set_dtype(train_config.parameter_dtype)
-    load_model_weights(model, folder, state.get("resume_from", "model.safetensors"))
-    model.train()
-    optimizer = make_optimizer(model, train_config)
-    saved = read_arrays(folder, manifest, "optimizer.safetensors")
-    check_arrays(saved, dict(tree_flatten(optimizer.state)), f"optimizer state in {folder} does not match")
-    optimizer.state = tree_unflatten(list(saved.items()))
-    trainer = cls(model, train_config, train_ids, val_ids, optimizer, load_checkpoint_tokenizer(folder, manifest),
-                  manifest.get("source") or {}, state["step"], mx.array(state["batch_key"], dtype=mx.uint32), metrics)
-    if train_config.save == "best" and manifest.get("best") and manifest["best"]["step"] != trainer.step:
-        trainer.best_parameters = tree_unflatten(list(read_arrays(folder, manifest, "model.safetensors").items()))
-    elif train_config.save == "best" and manifest.get("best"):
-        trainer.best_parameters = trainer.model.parameters()
-    if (saved_size := state.get("world_size", 1)) != trainer.group.size():
-        warnings.warn(f"{folder} was written by a run over {saved_size} rank(s) and resumes over "
-                      f"{trainer.group.size()}: the global batches are the same, but rounding differs, so the "
-                      "continuation is close to, not bit-identical with, an uninterrupted run")
-    trainer.sync_ranks()
-    return trainer
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 MLX's idiom is the skeleton: ``nn.value_and_grad`` → ``optimizer.update`` → ``mx.compile`` over the
 model, optimizer and random state → one ``mx.eval`` per step. ``Trainer`` adds seeded batches,
 diagnostics, NaN detection, the best model, early stopping and an exact resume. Built in Chapter 6, Training.
+The same trainer fine-tunes (Chapter 9): given rows of (inputs, targets) with ``IGNORE`` targets it draws
+whole rows and averages the loss over the kept targets only; only trainable parameters (LoRA) are updated.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,9 +25,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm import tqdm
 
+from mlxllm import checkpoint
 from mlxllm.data import get_batch, tokenizer_fingerprint
 from mlxllm.distributed import all_mean, broadcast_from_main, check_divisible, check_same_everywhere, digest, is_main, \
     shard_rows, world
@@ -35,6 +39,7 @@ from mlxllm.prediction import bits_per_byte, cross_entropy
 # parameters and activations in float32 or bfloat16, or bfloat16 compute over float32 master weights (mixed)
 DTYPES = ("float32", "bfloat16", "mixed-bfloat16")
 SAVE_POLICIES = ("last", "best")
+IGNORE = -1  # a target that carries no loss (a prompt or padding position in fine-tuning rows)
 
 
 def option(default, help: str, **metadata):
@@ -123,8 +128,38 @@ class TrainingInterrupted(Exception):
 # The compiled step and evaluation.
 
 
+def masked_cross_entropy(logits: mx.array, targets: mx.array, z_loss: float = 0.0) -> mx.array:
+    """Mean cross-entropy over the positions whose target is not ``IGNORE`` (B, T, V), (B, T) → scalar.
+
+    The prompt and padding positions of a fine-tuning row carry no loss; every kept token weighs the
+    same, however many a row has. Built in Chapter 9, Fine-tuning.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {logits.shape} and targets {targets.shape} disagree")
+    keep = targets != IGNORE  # (B, T)
+    logits = logits.astype(mx.float32)
+    log_z = mx.logsumexp(logits, axis=-1)  # (B, T)
+    target_logits = mx.take_along_axis(logits, mx.maximum(targets, 0)[..., None], axis=-1).squeeze(-1)
+    count = mx.maximum(keep.sum(), 1).astype(mx.float32)
+    loss = mx.where(keep, log_z - target_logits, 0.0).sum() / count
+    if z_loss:
+        loss = loss + z_loss * mx.where(keep, log_z**2, 0.0).sum() / count
+    return loss
+
+
+def token_loss(masked: bool) -> Callable:
+    """``cross_entropy`` on token windows, ``masked_cross_entropy`` on fine-tuning rows."""
+    return masked_cross_entropy if masked else cross_entropy
+
+
+def get_rows(rows: mx.array, batch_size: int, key: mx.array) -> tuple[mx.array, mx.array]:
+    """(B, T) inputs and targets of ``batch_size`` rows drawn (with replacement) from (N, 2, T) ``rows``."""
+    picked = rows[mx.random.randint(0, rows.shape[0], (batch_size,), key=key)]  # (B, 2, T)
+    return picked[:, 0], picked[:, 1]
+
+
 def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig,
-                    diagnostics: bool = False, compile: bool = True) -> Callable:
+                    diagnostics: bool = False, compile: bool = True, masked: bool = False) -> Callable:
     """``step(inputs, targets)`` on (A, B, T) micro-batches → (loss, grad norm, lr[, update:data ratios]).
 
     Compiled with the model, optimizer and random state as implicit inputs and outputs, so the graph is
@@ -132,11 +167,14 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
     ``diagnostics=True`` also returns ‖Δθ‖ / ‖θ‖ per ``parameter_groups`` entry (a separate trace,
     used every few steps: it reads every parameter twice more). ``compile=False`` is for comparison.
     The ids were range-checked once when the trainer was made, so the model skips that check here.
+    ``masked=True``: targets equal to ``IGNORE`` carry no loss (fine-tuning rows, Chapter 9). Gradients are
+    taken for the trainable parameters only, so a frozen model with LoRA adapters updates the adapters only.
     """
-    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: cross_entropy(m(x, check_ids=False), y,
-                                                                            z_loss=config.z_loss))
+    loss_fn = token_loss(masked)
+    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: loss_fn(m(x, check_ids=False), y,
+                                                                      z_loss=config.z_loss))
     if config.dtype == "mixed-bfloat16":
-        loss_and_grad = mixed_precision(model, config)
+        loss_and_grad = mixed_precision(model, config, masked)
     groups = parameter_groups(model)
     group = world()
     state = [model.state, optimizer.state, mx.random.state]
@@ -170,13 +208,13 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
     return mx.compile(step, inputs=state, outputs=state) if compile else step
 
 
-def mixed_precision(model: nn.Module, config: TrainConfig) -> Callable:
+def mixed_precision(model: nn.Module, config: TrainConfig, masked: bool = False) -> Callable:
     """``loss_and_grad(model, x, y)`` that computes in bfloat16 from the float32 master weights: the forward
     pass sees bfloat16 copies, and the gradients come back through the cast in float32. Chapter 6."""
 
     def loss(parameters, x, y):
         model.update(tree_map(lambda p: p.astype(mx.bfloat16), parameters))
-        return cross_entropy(model(x, check_ids=False), y, z_loss=config.z_loss)
+        return token_loss(masked)(model(x, check_ids=False), y, z_loss=config.z_loss)
 
     value_and_grad = mx.value_and_grad(loss)
 
@@ -191,14 +229,20 @@ def mixed_precision(model: nn.Module, config: TrainConfig) -> Callable:
 
 def estimate_loss(model: nn.Module, ids: mx.array, config: TrainConfig, key: mx.array,
                   context: int | None = None) -> float:
-    """Mean loss over ``config.eval_batches`` batches drawn from ``key``, with dropout off. Chapter 6."""
+    """Mean loss over ``config.eval_batches`` batches drawn from ``key``, with dropout off. Chapter 6.
+
+    ``ids`` is a token stream (windows of ``context``) or (N, 2, T) fine-tuning rows (masked loss, Chapter 9).
+    """
     was_training, group = model.training, world()
     context = context or config.context or model.config.context_length
+    rows = ids.ndim == 3
     model.eval()
     losses = []
     for batch_key in mx.random.split(key, config.eval_batches):
-        inputs, targets = (shard_rows(b, group) for b in get_batch(ids, config.batch_size, context, batch_key))
-        losses.append(all_mean(cross_entropy(model(inputs, check_ids=False), targets), group))
+        batch = get_rows(ids, config.batch_size, batch_key) if rows else \
+            get_batch(ids, config.batch_size, context, batch_key)
+        inputs, targets = (shard_rows(b, group) for b in batch)
+        losses.append(all_mean(token_loss(rows)(model(inputs, check_ids=False), targets), group))
         mx.eval(losses[-1])
     model.train(was_training)
     return mx.stack(losses).mean().item()  # one host read per evaluation
@@ -237,6 +281,42 @@ class Trainer:
 
     def __post_init__(self):
         self.group = world()  # size 1 unless started by mlx.launch (Appendix, Data-parallel training)
+        self.rows = np.asarray(self.train_ids).ndim == 3  # fine-tuning rows (N, 2, T) instead of a stream
+        if self.rows:
+            self._check_rows()
+        else:
+            self._check_stream()
+        self._train = mx.array(np.asarray(self.train_ids, dtype=np.int32))
+        self._val = mx.array(np.asarray(self.val_ids, dtype=np.int32))
+        if self.batch_key is None:
+            self.batch_key = mx.random.key(self.config.seed)
+        self._step_fns = None
+        self._pending = []  # (step, grad_norm, lr) arrays not yet read to the host
+        self._stop_signal = None
+        self.best_parameters = None  # the parameters at the best evaluation (config.save == "best")
+
+    def _check_rows(self) -> None:
+        """Fine-tuning rows: (N, 2, T) inputs and targets, ids in the vocabulary, targets may be IGNORE."""
+        shapes = {np.asarray(self.train_ids).shape[1:], np.asarray(self.val_ids).shape[1:]}
+        vocab_size = self.model.config.vocab_size
+        if len(shapes) != 1 or next(iter(shapes))[0] != 2:
+            raise ValueError(f"fine-tuning rows must be (N, 2, T) arrays of the same T for both splits, got "
+                             f"{np.asarray(self.train_ids).shape} and {np.asarray(self.val_ids).shape}")
+        self.context = next(iter(shapes))[1]
+        if self.context > self.model.config.context_length:
+            raise ValueError(f"rows of {self.context} tokens are longer than the model's context_length "
+                             f"{self.model.config.context_length}; drop or shorten the longest conversations")
+        for name, rows in (("training", self.train_ids), ("validation", self.val_ids)):
+            rows = np.asarray(rows)
+            if len(rows) == 0 or not (rows[:, 1] != IGNORE).any():
+                raise ValueError(f"the {name} rows have no target tokens; give conversations with answers")
+            inputs, targets = rows[:, 0], rows[:, 1]
+            if inputs.min() < 0 or max(inputs.max(), targets.max()) >= vocab_size or targets.min() < IGNORE:
+                raise ValueError(f"the {name} rows hold ids outside the model's vocabulary of {vocab_size}; "
+                                 "they were made by another tokenizer")
+
+    def _check_stream(self) -> None:
+        """A token stream: long enough for one window of context + 1, ids in the vocabulary."""
         self.context = self.config.context or self.model.config.context_length
         if self.context > self.model.config.context_length:
             raise ValueError(f"context {self.context} is longer than the model's context_length "
@@ -250,14 +330,6 @@ class Trainer:
             if ids.min() < 0 or ids.max() >= self.model.config.vocab_size:  # once here, so the step skips it
                 raise ValueError(f"the {name} ids go up to {int(ids.max())} but the model's vocabulary has "
                                  f"{self.model.config.vocab_size} tokens; they were made by another tokenizer")
-        self._train = mx.array(np.asarray(self.train_ids, dtype=np.int32))
-        self._val = mx.array(np.asarray(self.val_ids, dtype=np.int32))
-        if self.batch_key is None:
-            self.batch_key = mx.random.key(self.config.seed)
-        self._step_fns = None
-        self._pending = []  # (step, grad_norm, lr) arrays not yet read to the host
-        self._stop_signal = None
-        self.best_parameters = None  # the parameters at the best evaluation (config.save == "best")
 
     @classmethod
     def create(cls, model_config: ModelConfig, config: TrainConfig, train_ids, val_ids, tokenizer=None,
@@ -273,11 +345,39 @@ class Trainer:
 
     @classmethod
     def resume(cls, folder: str | Path, train_ids, val_ids, config: TrainConfig | None = None) -> "Trainer":
-        """Continue from a checkpoint exactly where it stopped (``config`` may change only ``steps``,
-        ``checkpoint_every``, ``patience`` and ``save``)."""
-        from mlxllm.checkpoint import load_training_state
-
-        return load_training_state(cls, folder, train_ids, val_ids, config)
+        """Continue from a checkpoint exactly where it stopped: parameters, optimizer state, step, batch key,
+        metrics (``config`` may change only ``steps``, ``checkpoint_every``, ``patience`` and ``save``)."""
+        manifest = checkpoint.read_manifest(folder)
+        train_config = TrainConfig.from_dict(manifest["train"])
+        if config is not None:
+            keep = {name: getattr(train_config, name) for name in checkpoint.RESUMABLE_CHANGES}
+            if problem := checkpoint.first_config_mismatch(manifest["train"], {**config.to_dict(), **keep}):
+                raise checkpoint.CheckpointError(f"cannot resume {folder} with another training config: {problem}")
+            train_config = config
+        state = checkpoint.read_json(folder, manifest, "state.json")
+        metrics = checkpoint.read_json(folder, manifest, "metrics.json")
+        model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
+        model.set_dtype(train_config.parameter_dtype)
+        checkpoint.load_model_weights(model, folder, state.get("resume_from", "model.safetensors"))
+        model.train()
+        optimizer = make_optimizer(model, train_config)
+        saved = checkpoint.read_arrays(folder, manifest, "optimizer.safetensors")
+        checkpoint.check_arrays(saved, dict(tree_flatten(optimizer.state)), f"optimizer state in {folder} does not match")
+        optimizer.state = tree_unflatten(list(saved.items()))
+        trainer = cls(model, train_config, train_ids, val_ids, optimizer,
+                      checkpoint.load_checkpoint_tokenizer(folder, manifest), manifest.get("source") or {},
+                      state["step"], mx.array(state["batch_key"], dtype=mx.uint32), metrics)
+        if train_config.save == "best" and manifest.get("best") and manifest["best"]["step"] != trainer.step:
+            best = checkpoint.read_arrays(folder, manifest, "model.safetensors")
+            trainer.best_parameters = tree_unflatten(list(best.items()))
+        elif train_config.save == "best" and manifest.get("best"):
+            trainer.best_parameters = trainer.model.parameters()
+        if (saved_size := state.get("world_size", 1)) != trainer.group.size():
+            warnings.warn(f"{folder} was written by a run over {saved_size} rank(s) and resumes over "
+                          f"{trainer.group.size()}: the global batches are the same, but rounding differs, so the "
+                          "continuation is close to, not bit-identical with, an uninterrupted run")
+        trainer.sync_ranks()
+        return trainer
 
     @property
     def tokens_per_step(self) -> int:
@@ -293,7 +393,10 @@ class Trainer:
         self.batch_key, key, dropout_key = mx.random.split(self.batch_key, 3)
         high, low = dropout_key.tolist()
         mx.random.seed((high << 32 | low) ^ self.group.rank())  # key(high·2³² + low) == dropout_key (on rank 0)
-        inputs, targets = get_batch(self._train, c.grad_accumulation * c.batch_size, self.context, key)
+        if self.rows:
+            inputs, targets = get_rows(self._train, c.grad_accumulation * c.batch_size, key)
+        else:
+            inputs, targets = get_batch(self._train, c.grad_accumulation * c.batch_size, self.context, key)
         shape = (c.grad_accumulation, c.batch_size, self.context)
         return shard_rows(inputs.reshape(shape), self.group), shard_rows(targets.reshape(shape), self.group)
 
@@ -304,8 +407,8 @@ class Trainer:
         every ``DIAGNOSTICS_EVERY`` steps the update:data ratios are measured and the metrics flushed.
         """
         if self._step_fns is None:  # traced lazily: after a resume, against the restored state
-            self._step_fns = [make_train_step(self.model, self.optimizer, self.config, diagnostics=d)
-                              for d in (False, True)]
+            self._step_fns = [make_train_step(self.model, self.optimizer, self.config, diagnostics=d,
+                                              masked=self.rows) for d in (False, True)]
         with_diagnostics = (self.step + 1) % self.DIAGNOSTICS_EVERY == 0
         inputs, targets = self.next_batch()
         loss, grad_norm, lr, *ratios = self._step_fns[with_diagnostics](inputs, targets)
@@ -381,7 +484,7 @@ class Trainer:
 
     def val_bits_per_byte(self, val_loss: float) -> float | None:
         """Validation loss in bits per byte of text (needs the tokenizer to count the bytes)."""
-        if self.tokenizer is None:
+        if self.tokenizer is None or self.rows:
             return None
         n_bytes = len(self.tokenizer.decode_bytes(np.asarray(self.val_ids).tolist()))
         return bits_per_byte(val_loss, len(self.val_ids), n_bytes)
@@ -454,8 +557,6 @@ class Trainer:
 
     def save(self, folder: str | Path) -> Path:
         """Write the checkpoint into ``folder`` as one unit (see ``mlxllm.checkpoint.save_checkpoint``)."""
-        from mlxllm.checkpoint import save_checkpoint
-
         self.flush_metrics()
-        return save_checkpoint(self, folder)
+        return checkpoint.save_checkpoint(self, folder)
 

@@ -60,3 +60,41 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
 def n_params(module: nn.Module) -> int:
     """Number of values in a module's parameters (for a float module; quantized ones pack several per word)."""
     return sum(p.size for _, p in tree_flatten(module.parameters()))
+
+
+# --- Hugging Face tokenizers trained by `tokenizers` itself (test_tokenizer_hf.py, test_pretrained.py) ---
+
+TEXT = (
+    "First Citizen: Before we proceed any further, hear me speak. It's 1984, and 3.14159 apples cost $12,000!\n"
+    "  Indented line\twith tabs\r\nnaïve café — résumé ²³ 0x7f  42  7\n\n"
+    "We're told they'll say: you'd better go; I'm here, 2024-11-26 at 10:30.   End.   \n"
+) * 3
+QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def hf_pre_tokenizer(style: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=style != "qwen2")
+    if style == "gpt2":
+        return byte_level
+    if style == "smollm":  # StarCoder's: every digit on its own, then GPT-2's regex
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"), byte_level])
+
+
+def write_hf_tokenizer(folder, style: str, vocab_size: int = 320):
+    """A byte-level BPE trained by Hugging Face `tokenizers` itself and saved as tokenizer.json."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = hf_pre_tokenizer(style)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([TEXT], trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf.save(str(folder / "tokenizer.json"))
+    return hf

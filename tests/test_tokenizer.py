@@ -548,10 +548,10 @@ def test_one_million_character_chunk_equals_tiktoken(gpt2, gpt2_reference):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet="aaabcdeé !?0\n", min_size=1, max_size=120))
 def test_heap_merges_equal_the_scan_merges(gpt2, text):
-    from mlxllm.tokenizer.bpe import _LONG_CHUNK, apply_merges, apply_merges_heap
+    from mlxllm.tokenizer.merge import LONG_CHUNK, apply_merges, apply_merges_heap
 
     symbols = text.encode("utf-8").decode("latin-1").translate(gpt2._byte_table)
-    assert len(symbols) <= _LONG_CHUNK  # apply_merges scans here
+    assert len(symbols) <= LONG_CHUNK  # apply_merges scans here
     assert apply_merges_heap(symbols, gpt2._ranks, gpt2._merged) == apply_merges(symbols, gpt2._ranks, gpt2._merged)
 
 

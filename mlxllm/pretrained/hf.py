@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.config import ModelConfig
 from mlxllm.model import TransformerLM
-from mlxllm.pretrained.families import FAMILIES, MODEL_TYPES, family_for_model_type, rename
+from mlxllm.pretrained.families import FAMILIES, family_for_model_type, rename
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",

@@ -4,98 +4,19 @@ Built in Chapter 1, Tokenization. One consistent state (the id of each byte, the
 rank order, the special tokens, the split pattern); everything else is derived from it.
 """
 
-import heapq
 import re
-import sys
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain, repeat
-from operator import add
+from itertools import chain
 from pathlib import Path
 from types import MappingProxyType
 
 from . import chat, files
+from .merge import LONG_CHUNK, apply_merges
 from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Splitter
 from .train import count_chunks, train_merges
 
-_NO_RANK = sys.maxsize
 _CACHE_LIMIT = 1 << 18  # chunks remembered by encode before the cache starts afresh
-_LONG_CHUNK = 256  # symbols; longer chunks are merged with a heap (near-linear) and are not cached
 _ITERABLE_BLOCK = 1 << 16  # characters encode_iterable gathers before it looks for a cut
-
-
-def apply_merges(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
-    """Apply BPE merges to one chunk, lowest rank first (leftmost on a tie); returns the result.
-
-    A chunk is a str with one character per token id (chr(id)), so a pair is a 2-character
-    string: `ranks` maps pair -> rank and `merged[rank]` is the new token's character.
-    Each merge scans all pairs (fast in C for short chunks); long chunks go to `apply_merges_heap`.
-    """
-    if len(symbols) > _LONG_CHUNK:
-        return apply_merges_heap(symbols, ranks, merged)
-    get = ranks.get
-    parts = list(symbols)
-    # rank of every adjacent pair; map(add, s, s[1:]) yields s[0:2], s[1:3], ... in C
-    pair_ranks = list(map(get, map(add, symbols, symbols[1:]), repeat(_NO_RANK)))
-    while pair_ranks:
-        rank = min(pair_ranks)
-        if rank == _NO_RANK:
-            break  # no adjacent pair is a merge: done
-        i = pair_ranks.index(rank)
-        parts[i] = merged[rank]  # parts[i], parts[i + 1] -> one token
-        del parts[i + 1]
-        del pair_ranks[i]
-        # only the pairs next to the new token change
-        if i > 0:
-            pair_ranks[i - 1] = get(parts[i - 1] + parts[i], _NO_RANK)
-        if i < len(pair_ranks):
-            pair_ranks[i] = get(parts[i] + parts[i + 1], _NO_RANK)
-    return "".join(parts)
-
-
-def apply_merges_heap(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
-    """The same result as `apply_merges`, in near-linear time for long chunks (tiktoken's large-piece idea).
-
-    The lowest-ranked pair is always merged everywhere it occurs before any other (a pair that contains
-    the new token was learned later, so it ranks higher). So a min-heap of ranks picks the next merge, and
-    `buckets[rank]` lists the positions where that pair was seen; they are merged left to right. The
-    symbols form a linked list; a position whose pair changed since it was listed is stale and skipped.
-    """
-    n = len(symbols)
-    parts = list(symbols)  # parts[i]: the token starting at symbol i ("" once merged into its left)
-    next_ = list(range(1, n + 1))  # next_[i] == n: no right neighbour
-    previous = list(range(-1, n - 1))
-    get = ranks.get
-    buckets: dict[int, list[int]] = {}
-    for i, rank in enumerate(map(get, map(add, symbols, symbols[1:]))):
-        if rank is not None:
-            buckets.setdefault(rank, []).append(i)
-    heap = list(buckets)
-    heapq.heapify(heap)
-    while heap:
-        rank = heapq.heappop(heap)
-        new = merged[rank]
-        for i in sorted(buckets.pop(rank)):  # leftmost first, as BPE breaks ties
-            left_part = parts[i]
-            if not left_part:
-                continue  # stale: merged into its left neighbour
-            j = next_[i]
-            if j == n or get(left_part + parts[j]) != rank:
-                continue  # stale: a neighbour changed
-            parts[i], parts[j] = new, ""  # parts[i], parts[j] -> one token at i
-            k = next_[i] = next_[j]
-            if k < n:
-                previous[k] = i
-                if (right := get(new + parts[k])) is not None:  # new pairs rank higher than `rank`
-                    if (bucket := buckets.get(right)) is None:
-                        buckets[right] = bucket = []
-                        heapq.heappush(heap, right)
-                    bucket.append(i)
-            if (h := previous[i]) >= 0 and (left := get(parts[h] + new)) is not None:
-                if (bucket := buckets.get(left)) is None:
-                    buckets[left] = bucket = []
-                    heapq.heappush(heap, left)
-                bucket.append(h)
-    return "".join(parts)
 
 
 class _ChunkCache(dict):
@@ -107,7 +28,7 @@ class _ChunkCache(dict):
 
     def __missing__(self, chunk: str) -> list[int]:
         ids = self.encode_chunk(chunk)
-        if len(chunk) <= _LONG_CHUNK:
+        if len(chunk) <= LONG_CHUNK:
             self[chunk] = ids
         return ids
 
