@@ -7,7 +7,7 @@ Run it once alone and once under `mlx.launch` (NCCL on a CUDA host, one GPU per 
 
 Every rank keeps the per-rank batch of the preset (weak scaling: N ranks process N times the tokens per step),
 so the speed-up is tokens/s(N) / tokens/s(1) and its ideal is N. The all-reduce is timed on its own on a buffer
-as large as the gradient (4 bytes per float32 parameter). `--params FILE` saves the parameters after the run
+as large as the gradient (4 bytes per parameter in float32, 2 in bfloat16). `--params FILE` saves the parameters after the run
 (rank 0) so that two runs on the same global batches can be compared (`--global-batch` fixes the global batch).
 Appendix, Data-parallel training.
 """
@@ -55,9 +55,9 @@ def setup(preset: str, per_rank_batch: int | None, global_batch: int | None, ste
     return model_config, config, ids[:split], ids[split:], tokenizer
 
 
-def time_all_reduce(n_floats: int, group, repeats: int = 10) -> float:
-    """Seconds per all_sum of an n_floats float32 buffer (the gradient's size), median of `repeats`."""
-    buffer = mx.ones((n_floats,), dtype=mx.float32)
+def time_all_reduce(n_floats: int, group, dtype: mx.Dtype = mx.float32, repeats: int = 10) -> float:
+    """Seconds per all_sum of a buffer as large as the gradient (n_floats of `dtype`), median of `repeats`."""
+    buffer = mx.ones((n_floats,), dtype=dtype)
     mx.eval(mx.distributed.all_sum(buffer, group=group))  # warm-up (connects, compiles)
     times = []
     for _ in range(repeats):
@@ -95,13 +95,14 @@ def main() -> None:
     for _ in range(args.steps):
         trainer.train_step()
     seconds = (time.perf_counter() - start) / args.steps
-    reduce_s = time_all_reduce(n_params, group) if size > 1 else 0.0
+    grad_dtype = trainer.config.parameter_dtype  # gradients come in the parameters' dtype
+    reduce_s = time_all_reduce(n_params, group, grad_dtype) if size > 1 else 0.0
     result = {
         "preset": args.preset, "ranks": size, "device": str(mx.default_device()), "mlx": mx.__version__,
         "dtype": args.dtype, "parameters": n_params, "global_batch": config.batch_size, "context": config.context,
         "tokens_per_step": config.batch_size * config.context, "step_ms": round(seconds * 1e3, 2),
         "tokens_per_s": round(config.batch_size * config.context / seconds),
-        "all_reduce_bytes": 4 * n_params if size > 1 else 0, "all_reduce_ms": round(reduce_s * 1e3, 3),
+        "all_reduce_bytes": grad_dtype.size * n_params if size > 1 else 0, "all_reduce_ms": round(reduce_s * 1e3, 3),
         "all_reduce_share": round(reduce_s / seconds, 4) if size > 1 else 0.0,
         "final_loss": trainer.metrics["loss"][-1],
     }

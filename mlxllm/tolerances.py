@@ -25,13 +25,14 @@ FLOAT16 = 5e-3  # 11-bit mantissa: 8× finer than bfloat16's
 BFLOAT16 = 3e-2  # 8-bit mantissa: ≤ 7.6e-3 (cached vs full and CPU vs GPU, both backends)
 
 
-def tf32_possible(device: mx.Device | None = None) -> bool:
+def tf32_possible(device: mx.Device | mx.DeviceType | None = None) -> bool:
     """True where float32 matrix products may run at TF32 precision: a GPU, unless MLX_ENABLE_TF32=0."""
     device = device or mx.default_device()
-    return device.type == mx.DeviceType.gpu and os.environ.get("MLX_ENABLE_TF32", "1") != "0"
+    kind = getattr(device, "type", device)  # mx.gpu is a DeviceType, mx.default_device() a Device
+    return kind == mx.DeviceType.gpu and os.environ.get("MLX_ENABLE_TF32", "1") != "0"
 
 
-def bound(dtype: mx.Dtype = mx.float32, device: mx.Device | None = None) -> float:
+def bound(dtype: mx.Dtype = mx.float32, device: mx.Device | mx.DeviceType | None = None) -> float:
     """The relative bound for results computed in ``dtype`` on ``device`` (default: the default device)."""
     if dtype == mx.bfloat16:
         return BFLOAT16

@@ -33,6 +33,7 @@ class Family:
     gguf_names: dict[str, str] = field(default_factory=dict)  # GGUF tensor prefix → ours; empty: no GGUF
     config_from_gguf: Callable[[dict, set[str]], ModelConfig] | None = None  # GGUF metadata, tensor names → config
     sanitize_gguf: Callable[[Weights, ModelConfig], Weights] | None = None
+    origin: Callable[[str, Weights], str] = lambda name, weights: name  # sanitized name → the checkpoint key it came from
 
 
 def _positive_theta(theta: float, where: str) -> float:
@@ -103,6 +104,12 @@ def gpt2_sanitize(weights: Weights, config: ModelConfig) -> Weights:
             continue
         out[name] = value
     return out
+
+
+def gpt2_origin(name: str, weights: Weights) -> str:
+    """The checkpoint key a sanitized name came from: q/k/v come out of c_attn, keys may carry `transformer.`."""
+    name = re.sub(r"\.attn\.[qkv]_proj\.", ".attn.c_attn.", name)
+    return name if name in weights or f"transformer.{name}" not in weights else f"transformer.{name}"
 
 
 def gpt2_unsanitize(weights: Weights, config: ModelConfig) -> Weights:
@@ -240,7 +247,7 @@ def llama_sanitize_gguf(weights: Weights, config: ModelConfig) -> Weights:
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family("gpt2", {"gpt2": "GPT2LMHeadModel"}, GPT2_NAMES, gpt2_config_from_hf, gpt2_config_to_hf,
-                   gpt2_sanitize, gpt2_unsanitize),
+                   gpt2_sanitize, gpt2_unsanitize, origin=gpt2_origin),
     "llama": Family("llama", {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"},
                     LLAMA_NAMES, llama_config_from_hf, llama_config_to_hf, llama_sanitize, lambda w, c: w,
                     LLAMA_GGUF_NAMES, llama_config_from_gguf, llama_sanitize_gguf),

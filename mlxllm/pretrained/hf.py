@@ -63,7 +63,7 @@ def weights_from_hf(weights: dict[str, mx.array], config: ModelConfig) -> tuple[
         if key.startswith("lm_head.") and config.tie_embeddings:
             continue  # the head *is* the embedding matrix
         ours = rename(key, family.names) or key
-        out[ours], source[ours] = value, key
+        out[ours], source[ours] = value, family.origin(key, weights)
     return out, source
 
 
