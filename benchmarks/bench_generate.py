@@ -11,9 +11,13 @@ so tokens/s ≤ bandwidth / weight bytes; the bandwidth is measured here with a 
 
     python benchmarks/bench_generate.py              # ~56M parameters (the issue asks for 50-100M)
     python benchmarks/bench_generate.py --small      # ~15M, a quick run
+    python benchmarks/bench_generate.py --device gpu # on the GPU (CUDA or Metal); default: MLX's default device
+
+The last line is the verdict: ``RATIO decode … prefill …`` (ours / mlx-lm, best-of and median paired).
 """
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -28,6 +32,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
 from mlxllm import ModelConfig, TransformerLM, Tokenizer, save_pretrained
+import mlxllm.generation
 from mlxllm.generation import generate
 
 SIZES = {
@@ -38,13 +43,20 @@ SIZES = {
 
 
 def measure_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
-    """Memory bandwidth in bytes/s: the best of a few large copies (a memcpy reads n and writes n bytes)."""
-    source = np.ones(n_bytes // 4, dtype=np.float32)
-    target = np.empty_like(source)
+    """Memory bandwidth in bytes/s: the best of a few large copies (read n, write n), on the GPU through MLX,
+    on the CPU through NumPy (whose memcpy uses every core; MLX's CPU copy is single-threaded)."""
+    if mx.default_device() == mx.cpu:
+        source = np.ones(n_bytes // 4, dtype=np.float32)
+        target = np.empty_like(source)
+        copy = lambda: np.copyto(target, source)  # noqa: E731
+    else:
+        array = mx.ones((n_bytes // 4,), dtype=mx.float32)
+        mx.eval(array)
+        copy = lambda: mx.eval(array + 1)  # noqa: E731
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        np.copyto(target, source)
+        copy()
         best = min(best, time.perf_counter() - start)
     return 2 * n_bytes / best
 
@@ -66,8 +78,13 @@ def time_stream(stream, n_prompt: int) -> tuple[list[int], dict[str, float]]:
     }
 
 
-def ours(model: TransformerLM, prompt: list[int], n: int):
-    return time_stream(generate(model, prompt, n, temperature=0), len(prompt))
+def ours(model: TransformerLM, prompt: list[int], n: int, compiled: bool = True):
+    """mlxllm's generate with its compiled decode step, or (compiled=False) the plain KVCache path."""
+    mlxllm.generation.COMPILED_DECODE = compiled
+    try:
+        return time_stream(generate(model, prompt, n, temperature=0), len(prompt))
+    finally:
+        mlxllm.generation.COMPILED_DECODE = True
 
 
 def theirs(model, prompt: list[int], n: int):
@@ -80,8 +97,11 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a ~15M-parameter model instead of ~56M")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", choices=["gpu", "cpu"], default=None, help="default: MLX's default device")
     args = parser.parse_args()
+    if args.device:
+        mx.set_default_device(getattr(mx, args.device))
 
     mx.random.seed(0)
     config = ModelConfig.llama(**SIZES["small" if args.small else "default"])
@@ -94,20 +114,26 @@ def main() -> None:
     mx.eval(reference.parameters())
 
     prompt = mx.random.randint(0, config.vocab_size, (args.prompt_tokens,), key=mx.random.key(1)).tolist()
-    ours(model, prompt[:8], 4), theirs(reference, prompt[:8], 4)  # warm up both
-    runs = {"mlxllm": [], "mlx-lm": []}
-    for repeat in range(args.repeats):  # alternate who goes first, so that neither always runs warmer
-        pair = [("mlxllm", lambda: ours(model, prompt, args.new_tokens)),
+    # warm up all three (the compiled step is traced once here, for the cache size the timed runs use)
+    ours(model, prompt, 4), ours(model, prompt, 4, compiled=False), theirs(reference, prompt, 4)
+    runs = {"mlxllm": [], "mlxllm plain": [], "mlx-lm": []}
+    for repeat in range(args.repeats):  # rotate who goes first, so that none always runs warmer
+        trio = [("mlxllm", lambda: ours(model, prompt, args.new_tokens)),
+                ("mlxllm plain", lambda: ours(model, prompt, args.new_tokens, compiled=False)),
                 ("mlx-lm", lambda: theirs(reference, prompt, args.new_tokens))]
-        for name, run in pair if repeat % 2 == 0 else pair[::-1]:
+        for name, run in trio[repeat % 3:] + trio[:repeat % 3]:
             runs[name].append(run())
     tokens = {name: results[0][0] for name, results in runs.items()}
-    assert tokens["mlxllm"] == tokens["mlx-lm"], "greedy decoding differs between mlxllm and mlx-lm"
-    assert all(r[0] == tokens["mlxllm"] for results in runs.values() for r in results)
-    # best run of each side, and the median over repeats of the ratio within a pair (robust to drift)
+    same = {name: sum(1 for _ in itertools.takewhile(lambda ab: ab[0] == ab[1], zip(t, tokens["mlx-lm"])))
+            for name, t in tokens.items()}
+    assert all(r[0] == tokens[name] for name, results in runs.items() for r in results), "a rerun changed its tokens"
+    if mx.default_device() == mx.cpu:  # one backend, same kernels: every greedy token must agree
+        assert same["mlxllm"] == same["mlxllm plain"] == len(tokens["mlx-lm"]), f"greedy tokens differ: {same}"
+    # best run of each side, and the median over repeats of the ratio within a round (robust to drift)
     metrics = list(runs["mlxllm"][0][1])
     best = {m: {name: max(r[1][m] for r in results) for name, results in runs.items()} for m in metrics}
-    paired = {m: statistics.median(a[1][m] / b[1][m] for a, b in zip(runs["mlxllm"], runs["mlx-lm"])) for m in metrics}
+    paired = {m: {name: statistics.median(a[1][m] / b[1][m] for a, b in zip(runs[name], runs["mlx-lm"]))
+                  for name in ("mlxllm", "mlxllm plain")} for m in metrics}
     decode = best["decode tokens/s"]
 
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
@@ -118,16 +144,27 @@ def main() -> None:
     print(f"model: LLaMA-style, {model.num_parameters() / 1e6:.1f}M parameters ({weight_bytes / 2**20:.0f} MiB float32), "
           f"{json.dumps(SIZES['small' if args.small else 'default'])}")
     print(f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, best of {args.repeats}; "
-          f"same {len(tokens['mlxllm'])} tokens from both: yes")
+          f"greedy tokens equal to mlx-lm's: {same['mlxllm']}/{len(tokens['mlx-lm'])} compiled, "
+          f"{same['mlxllm plain']}/{len(tokens['mlx-lm'])} plain (on a GPU a near-tie may part them)")
     print()
-    print(f"| {'':20} | {'mlxllm':>8} | {'mlx-lm':>8} | {'ratio of best':>13} | {'median paired ratio':>19} |")
-    print(f"| {'-' * 20} | {'-' * 7}:| {'-' * 7}:| {'-' * 12}:| {'-' * 18}:|")
+    print(f"| {'':20} | {'mlxllm':>8} | {'plain':>8} | {'mlx-lm':>8} | {'ratio of best':>13} | {'median paired':>13} "
+          f"| {'plain: best':>11} | {'plain: median':>13} |")
+    print(f"| {'-' * 20} |{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|{'-' * 14}:|{'-' * 14}:|{'-' * 12}:|{'-' * 14}:|")
     for m in metrics:
-        print(f"| {m:20} | {best[m]['mlxllm']:8.1f} | {best[m]['mlx-lm']:8.1f} | "
-              f"{best[m]['mlxllm'] / best[m]['mlx-lm']:13.2f} | {paired[m]:19.2f} |")
+        b = best[m]
+        print(f"| {m:20} | {b['mlxllm']:8.1f} | {b['mlxllm plain']:8.1f} | {b['mlx-lm']:8.1f} | "
+              f"{b['mlxllm'] / b['mlx-lm']:13.2f} | {paired[m]['mlxllm']:13.2f} | "
+              f"{b['mlxllm plain'] / b['mlx-lm']:11.2f} | {paired[m]['mlxllm plain']:13.2f} |")
     print()
-    print(f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s → decode bound {bound:.1f} tokens/s; "
-          f"mlxllm reaches {decode['mlxllm'] / bound:.0%} of it, mlx-lm {decode['mlx-lm'] / bound:.0%}")
+    print(f"memory bandwidth (copy on {mx.default_device()}): {bandwidth / 1e9:.1f} GB/s → decode bound {bound:.1f} "
+          f"tokens/s; mlxllm reaches {decode['mlxllm'] / bound:.0%} of it, mlx-lm {decode['mlx-lm'] / bound:.0%}")
+    p = paired
+    print(f"RATIO mlxllm/mlx-lm on {mx.default_device()} (mlx {mx.__version__}, float32): decode "
+          f"{decode['mlxllm'] / decode['mlx-lm']:.2f}x best-of-{args.repeats}, {p['decode tokens/s']['mlxllm']:.2f}x "
+          f"median paired (plain path {decode['mlxllm plain'] / decode['mlx-lm']:.2f}x, "
+          f"{p['decode tokens/s']['mlxllm plain']:.2f}x); prefill "
+          f"{best['prefill tokens/s']['mlxllm'] / best['prefill tokens/s']['mlx-lm']:.2f}x best, "
+          f"{p['prefill tokens/s']['mlxllm']:.2f}x median paired")
 
 
 if __name__ == "__main__":

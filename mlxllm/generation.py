@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from mlxllm.attention import KVCache, StaticKVCache
 from mlxllm.model import TransformerLM
 
 # Temperatures below this are greedy decoding (argmax): dividing by a tiny temperature would overflow
@@ -108,6 +109,10 @@ def sample(logits: mx.array, *, temperature: float = 1.0, top_k: int | None = No
 
 _generation_stream = mx.new_thread_local_stream(mx.default_device())
 
+# Decode with one compiled step over a StaticKVCache (True) or with the plain KVCache path of Chapter 3 (False);
+# both give the same tokens. The benchmarks time both (benchmarks/bench_generate.py).
+COMPILED_DECODE = True
+
 
 def generate(
     model: TransformerLM,
@@ -158,6 +163,8 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
             key: mx.array | None) -> Iterator[int]:
     """The generator behind ``generate``, for arguments already checked.
 
+    The prompt goes through the plain path (``KVCache``); every later token through one compiled step over a
+    ``StaticKVCache``, whose storage grows by ``KVCache.step`` positions when full (one retrace per size).
     Past the context the window slides: each new token is predicted by a fresh forward pass over the last
     context_length tokens (a re-prefill). For RoPE models a rotating KV cache would avoid the re-prefill,
     at the price of keeping keys computed from tokens that have left the window.
@@ -165,39 +172,52 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
     if max_new_tokens == 0:
         return
     context_length = model.config.context_length
-    cache = model.make_cache()
-    cached = 0  # positions held in the cache
+    # the compiled step has no dropout: a model left in training mode with dropout takes the plain path
+    compiled = COMPILED_DECODE and not (model.training and model.config.dropout > 0)
     history = list(prompt)  # every token handed out so far (prompt included), to rebuild a slid window
 
-    def step(ids: mx.array, cache) -> mx.array:
+    def choose(logits: mx.array) -> mx.array:
         nonlocal key
-        with mx.stream(_generation_stream):  # its own queue: other work on the default stream cannot delay it
-            # only the last position predicts the next token: apply the LM head there alone
-            logits = model.logits(model.hidden_states(ids, cache)[:, -1, :])  # (1, V)
-            step_key = None
-            if key is not None:
-                key, step_key = mx.random.split(key)
-            return sampler(logits, step_key)  # (1,)
+        step_key = None
+        if key is not None:
+            key, step_key = mx.random.split(key)
+        return sampler(logits, step_key)  # (1,)
 
-    def next_after(token: mx.array) -> mx.array:
-        """The token after ``token`` (1,), which follows ``history``; cached while the context has room."""
-        nonlocal cached
-        if cached < context_length:
-            cached += 1
-            return step(token[:, None], cache)
-        # the window is full: the last context_length tokens, recomputed without a cache
-        earlier = history[len(history) - (context_length - 1):] if context_length > 1 else []
-        return step(mx.concatenate([mx.array(earlier, dtype=token.dtype), token])[None], None)  # (1, C)
+    def forward(ids: mx.array, cache) -> mx.array:
+        """The plain path: (1, T) ids → the next token; only the last position goes through the LM head."""
+        return choose(model.logits(model.hidden_states(ids, cache, check_ids=False)[:, -1, :]))
 
     # prefill: all but the last prompt token only need to leave their keys and values in the cache. Their
     # outputs are dropped, and MLX being lazy never computes the parts that only fed those outputs (the
     # last block's feed-forward, the final norm); the last token then goes through the usual step.
-    if len(prompt) > 1:
-        with mx.stream(_generation_stream):
-            model.hidden_states(mx.array([prompt[:-1]]), cache)
-    cached = len(prompt)
-    token = step(mx.array([prompt[-1:]]), cache)  # (1,)
+    cache = model.make_cache()
+    with mx.stream(_generation_stream):  # its own queue: other work on the default stream cannot delay it
+        if len(prompt) > 1:
+            model.hidden_states(mx.array([prompt[:-1]]), cache, check_ids=False)
+        token = forward(mx.array([prompt[-1:]]), cache)  # (1,)
     mx.async_eval(token)
+    cached = len(prompt)  # positions held in the cache
+    if compiled:
+        step = _decode_step(model)
+        caches = [StaticKVCache.from_cache(c) for c in cache]  # takes over the storage: drop the old holders
+        offset, cache = caches[0].offset, None
+
+    def next_after(token: mx.array) -> mx.array:
+        """The token after ``token`` (1,), which follows ``history``; cached while the context has room."""
+        nonlocal cached, caches, offset
+        with mx.stream(_generation_stream):
+            if cached >= context_length:  # the window is full: the last context_length tokens, without a cache
+                earlier = history[len(history) - (context_length - 1):] if context_length > 1 else []
+                return forward(mx.concatenate([mx.array(earlier, dtype=token.dtype), token])[None], None)
+            cached += 1
+            if not compiled:
+                return forward(token[:, None], cache)
+            if cached > caches[0].capacity:  # full: one more chunk of empty positions
+                caches = [c.grown(KVCache.step) for c in caches]
+            logits, keys, values, offset = step(token, offset, [c.keys for c in caches], [c.values for c in caches])
+            caches = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
+            return choose(logits)
+
     for n in range(max_new_tokens):
         if n + 1 < max_new_tokens:
             next_token = next_after(token)  # queue the next step before handing this token out
@@ -209,6 +229,30 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
         yield value
         if n + 1 < max_new_tokens:
             token = next_token
+
+
+def _decode_step(model: TransformerLM) -> Callable:
+    """One token through the model with ``StaticKVCache`` storage, compiled once per model and cache size.
+
+    ``step(token (1,), offset (), keys, values) → (logits (1, V), keys, values, offset + 1)``. The weights are
+    inputs of the compiled function (``inputs=model``), so a model trained or updated later is seen as it is.
+    """
+    if (step := model.__dict__.get("_mlxllm_decode_step")) is not None:
+        return step
+
+    def decode_one(token: mx.array, offset: mx.array, keys: list[mx.array], values: list[mx.array]):
+        caches = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
+        x = model.token_embedding(token[:, None])  # (1, 1, C)
+        if "position_embedding" in model:  # learned or sinusoidal: the table's row at `offset`
+            x = x + mx.take(model.position_embedding(model.config.context_length), offset[None], axis=0)
+        for block, cache in zip(model.blocks, caches):
+            x = block(x, "causal", cache)  # (1, 1, C); the cache supplies the real mask
+        logits = model.logits(model.norm(x)[:, -1, :])  # (1, V)
+        return logits, [c.keys for c in caches], [c.values for c in caches], caches[0].offset
+
+    step = mx.compile(decode_one, inputs=model)
+    model.__dict__["_mlxllm_decode_step"] = step  # kept with the model: compiled traces are reused across calls
+    return step
 
 
 def stream_text(token_ids: Iterable[int], tokenizer) -> Iterator[str]:

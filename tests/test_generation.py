@@ -310,6 +310,97 @@ def test_generate_refuses_text_in_place_of_ids():
         generate(make_model("gpt2"), "hello", 5)
 
 
+# --- the compiled decode step (StaticKVCache) against the plain KVCache path ------------------------
+
+
+def generate_both(model: TransformerLM, prompt: list[int], n: int, **kwargs) -> tuple[list[int], list[int]]:
+    """(tokens from the compiled decode step, tokens from the plain KVCache path), same arguments."""
+    import mlxllm.generation
+
+    compiled = list(generate(model, prompt, n, **kwargs))
+    mlxllm.generation.COMPILED_DECODE = False
+    try:
+        plain = list(generate(model, prompt, n, **kwargs))
+    finally:
+        mlxllm.generation.COMPILED_DECODE = True
+    return compiled, plain
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("prompt_length", [1, 200, 255, 256])  # empty cache; mid-chunk; one slot left; full chunk
+def test_compiled_decode_gives_the_plain_paths_greedy_tokens_across_chunk_boundaries(kind, prompt_length):
+    model = randomize(make_model(kind), seed=3)
+    prompt = np.random.default_rng(prompt_length).integers(0, 97, prompt_length).tolist()
+    n = 64 if prompt_length < 256 else 30  # prompt + n crosses position 256 (and 512 never: context is 320)
+    compiled, plain = generate_both(model, prompt, n, temperature=0)
+    if prompt_length >= 200:  # also against full recomputation, through the tolerance-aware comparison
+        expected, logits = argmax_loop_full_recompute(model, prompt, n)
+        assert assert_greedy_tokens_agree(compiled, expected, logits) == n or ON_GPU
+    assert compiled == plain or ON_GPU
+    assert len(compiled) == n
+    assert len(set(compiled)) > 3 or kind == "gpt2"  # tiny random GPT-2s repeat a token: see the logits test below
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_compiled_decode_step_logits_equal_full_recompute_across_a_chunk_boundary(kind):
+    from mlxllm.attention import StaticKVCache
+    from mlxllm.generation import _decode_step
+
+    model = randomize(make_model(kind), seed=3)
+    ids = mx.random.randint(0, 97, (1, 270), key=mx.random.key(4))
+    cache = model.make_cache()
+    model(ids[:, :250], cache=cache)  # prefill through the plain path, as generate does
+    caches = [StaticKVCache.from_cache(c) for c in cache]
+    step, offset, logits = _decode_step(model), caches[0].offset, []
+    for t in range(250, 270):  # position 256 fills the first chunk: the storage grows and the step retraces
+        if t == caches[0].capacity:
+            caches = [c.grown(256) for c in caches]
+        out, keys, values, offset = step(ids[:, t], offset, [c.keys for c in caches], [c.values for c in caches])
+        caches = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
+        logits.append(out)
+    assert caches[0].capacity == 512 and offset.item() == 270
+    assert_close(mx.stack(logits, axis=1), model(ids)[:, 250:], what="compiled decode step vs full recompute")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_compiled_decode_draws_the_same_seeded_samples_as_the_plain_path(kind):
+    if ON_GPU:
+        pytest.skip("sampling from logits of different kernels may draw differently at a boundary")
+    model = randomize(make_model(kind, context_length=40), seed=5)
+    compiled, plain = generate_both(model, [5, 6, 7], 80, temperature=0.9, top_k=20, top_p=0.95, seed=8)
+    assert compiled == plain and len(set(compiled)) > 10  # 83 > 40 tokens: past the context the window slides
+
+
+def test_compiled_decode_of_a_quantized_model_gives_the_plain_paths_tokens():
+    import mlx.nn as nn
+
+    model = randomize(make_model("llama"), seed=6)
+    nn.quantize(model, group_size=32, bits=4)
+    assert isinstance(model.blocks[0].attention.q_proj, nn.QuantizedLinear)
+    compiled, plain = generate_both(model, list(range(1, 30)), 40, temperature=0)
+    assert compiled == plain or ON_GPU
+    assert len(set(compiled)) > 3
+
+
+def test_compiled_decode_sees_weights_updated_after_an_earlier_call():
+    model = randomize(make_model("llama"), seed=1)
+    before = list(generate(model, [1, 2, 3], 20, temperature=0))  # traces and keeps the compiled step
+    randomize(model, seed=2)  # new weights (as after training) in the same model object
+    compiled, plain = generate_both(model, [1, 2, 3], 20, temperature=0)
+    assert compiled == plain or ON_GPU
+    assert compiled != before  # not the old weights baked into the compiled step
+
+
+def test_a_model_in_training_mode_with_dropout_decodes_through_the_plain_path():
+    model = randomize(make_model("gpt2", dropout=0.5), seed=1)
+    model.train()
+    first = list(generate(model, [1, 2, 3], 30, seed=1))
+    assert len(first) == 30  # the compiled step has no dropout; generation still runs, dropout included
+    model.eval()
+    compiled, plain = generate_both(model, [1, 2, 3], 30, temperature=0)
+    assert compiled == plain or ON_GPU
+
+
 # --- parity with mlx-lm's cached decoding, same weights --------------------------------------------
 # Different kernels round differently (MLX's CUDA backend runs float32 products in TF32), so logits are
 # compared within the shared tolerance and greedy tokens with assert_greedy_tokens_agree.
@@ -351,15 +442,17 @@ def test_cached_decoding_matches_mlx_lm_cached_decoding(model_pair):
     assert_close(theirs_all, theirs(ids), what="mlx-lm's cached vs full logits")  # both equal full recomputation
 
 
-def test_greedy_generation_matches_mlx_lm_generate_step(model_pair):
+@pytest.mark.parametrize("prompt_length", [20, 240])  # 240 + 40 crosses the 256-position chunk of both caches
+def test_greedy_generation_matches_mlx_lm_generate_step(model_pair, prompt_length):
     from mlx_lm.generate import generate_step
 
     ours, theirs = model_pair
-    prompt = mx.random.randint(0, 300, (20,), key=mx.random.key(6)).tolist()
+    prompt = mx.random.randint(0, 300, (prompt_length,), key=mx.random.key(6)).tolist()
     steps = list(generate_step(mx.array(prompt), theirs, max_tokens=40))  # (token, log-probabilities) pairs
     expected, logprobs = [int(token) for token, _ in steps], [lp for _, lp in steps]  # log-probs = logits − constant
-    compared = assert_greedy_tokens_agree(list(generate(ours, prompt, 40, temperature=0)), expected, logprobs)
-    assert compared == 40 or ON_GPU
+    for tokens in generate_both(ours, prompt, 40, temperature=0):  # the compiled step, then the plain path
+        compared = assert_greedy_tokens_agree(tokens, expected, logprobs)
+        assert compared == 40 or ON_GPU
 
 
 # --- streaming text ------------------------------------------------------------------------------
