@@ -47,7 +47,8 @@ import mlxllm
 import mlxllm.data
 import mlxllm.generation
 from mlxllm import ModelConfig, TransformerLM
-from mlxllm.generation import generate, sample, sampling_logits, stream_text
+from mlxllm.generation import (generate, make_sampler, sample, sampling_logits,
+                                stream_text)
 from mlxllm.prediction import bits_per_byte, cross_entropy, probabilities
 from mlxllm.tokenizer import Tokenizer
 from mlxllm.tolerances import assert_close, bound
@@ -262,6 +263,19 @@ windows = mx.array([data[i : i + T_window + 1] for i in starts])  # (4, T + 1)
 loss = cross_entropy(model(windows[:, :-1]), windows[:, 1:]).item()
 print(f"loss at init {loss:.2f} nats/token,  ln V = {math.log(config.vocab_size):.4f}")
 assert abs(loss - math.log(config.vocab_size)) < 0.05
+
+# %% [markdown]
+# A loss is easier to read turned back into a count: the **perplexity** `exp(loss)`. A
+# model whose loss is `L` nats per token is, on average, as uncertain as a uniform
+# choice among `exp(L)` tokens. The uniform model, with its loss of ln V, has a
+# perplexity of exactly V; our untrained model's is a little below V; a loss of 3 nats
+# would mean hesitating, on average, between about 20 tokens (e³ ≈ 20.1).
+
+# %%
+perplexity = math.exp(loss)
+print(f"perplexity exp({loss:.2f}) is within 2% of V = {config.vocab_size:,}:",
+      abs(perplexity / config.vocab_size - 1) < 0.02)
+assert 0.98 * config.vocab_size < perplexity < config.vocab_size
 
 # %% [markdown]
 # Nats per token depend on the tokenizer: a tokenizer with longer tokens has fewer,
@@ -595,6 +609,106 @@ print(inspect.getsource(mlxllm.generation._decode))
 # CPU's slow matrix kernels decoding is compute-bound; on a Mac's GPU the bound is what
 # decoding approaches.
 #
+# ## Exercises
+#
+# Try each one before you open its solution (the "show" toggle under it). Every
+# solution checks its answer with an `assert`, so it stays true as the package changes.
+#
+# **Exercise 5.1 (perplexity).** The untrained model's loss on the Shakespeare windows
+# of §5.4 was 10.81 nats per token. What is its perplexity, roughly? Which model has a
+# perplexity of exactly V, and what is its loss? Check with `cross_entropy` on logits
+# that are all equal.
+
+# %% tags=["hide-input"]
+V = config.vocab_size
+flat = mx.zeros((*windows[:, 1:].shape, V))  # (4, 128, V): every token equally likely
+uniform_loss = cross_entropy(flat, windows[:, 1:]).item()
+# the uniform model: loss ln V, perplexity V (as uncertain as a uniform choice among V)
+assert_close(uniform_loss, math.log(V), what="the uniform model's loss and ln V")
+assert abs(math.exp(uniform_loss) / V - 1) < 1e-3
+# the untrained model: e^10.81 ≈ 49,500, a little better than uniform, not much
+assert 0.95 * V < math.exp(loss) < V
+print(f"uniform logits: loss = ln V = {math.log(V):.3f}, perplexity V = {V:,}; "
+      "the untrained model's perplexity is within 5% below V")
+
+# %% [markdown]
+# **Exercise 5.2 (change one line: temperature → 0).** In §5.5's check, change
+# `temperature=0.5` to `0.2`, then `0.05`. Predict the probability of "mat" (the largest
+# logit, 0.8 above "floor") and what 1,000 draws give at τ = 0.05. What does
+# `make_sampler(temperature=0)` do instead of dividing by zero?
+
+# %% tags=["hide-input"]
+for tau in (1.0, 0.5, 0.2, 0.05):
+    q_tau = mx.softmax(sampling_logits(z, temperature=tau))
+    print(f"τ = {tau:4}: p({words[0]}) = {q_tau[0].item():.3f}")
+# at τ = 0.05 the runner-up has e^(−0.8 / 0.05) = e^−16 ≈ 1e-7 of mat's weight
+cold = np.array(mx.softmax(sampling_logits(z, temperature=0.05)))
+assert cold[0] > 1 - 1e-6
+cold_draws = make_sampler(temperature=0.05)(many[:1000], mx.random.key(2))
+assert (np.array(cold_draws) == 0).all()  # all 1,000 draws are "mat"
+# τ = 0 is the limit itself: the argmax (below GREEDY_TEMPERATURE, nothing is divided)
+row_logits = model(inputs)[0]  # (T, V): the untrained model's logits
+greedy_ids = make_sampler(temperature=0)(row_logits)
+assert mx.array_equal(greedy_ids, mx.argmax(row_logits, axis=-1))
+print("τ = 0.05: 1,000 of 1,000 draws are 'mat'; τ = 0: the argmax of every row")
+
+# %% [markdown]
+# **Exercise 5.3 (implement top-k).** Write `top_k_by_hand(logits, k)` in NumPy: keep
+# the `k` largest logits of each row, set the others to −∞. Compare it with
+# `sampling_logits(..., top_k=50)` on the untrained model's logits for the six
+# positions of "The cat sat on the mat", and check that 1,000 draws of
+# `make_sampler(top_k=50)` pick only kept tokens.
+
+# %% tags=["hide-input"]
+def top_k_by_hand(logits: np.ndarray, k: int) -> np.ndarray:
+    kept = np.argsort(-logits, axis=-1)[..., :k]  # the k largest of each row: (..., k)
+    filtered = np.full_like(logits, -np.inf)
+    np.put_along_axis(filtered, kept, np.take_along_axis(logits, kept, -1), -1)
+    return filtered
+
+
+top50 = top_k_by_hand(np.array(row_logits), 50)  # (T, V)
+# temperature 1 divides by 1.0, which is exact: the same floats, −∞ in the same places
+assert np.array_equal(top50, np.array(sampling_logits(row_logits, top_k=50)))
+assert (np.isfinite(top50).sum(axis=-1) == 50).all()
+row_draws = make_sampler(top_k=50)(mx.broadcast_to(row_logits[0], (1000, V)),
+                                   mx.random.key(3))
+assert np.isfinite(top50[0][np.array(row_draws)]).all()
+print("top_k_by_hand == sampling_logits(top_k=50) at all 6 positions; "
+      "1,000 draws, all among the 50 kept tokens")
+
+# %% [markdown]
+# **Exercise 5.4 (predict, then run: the loss at init).** A character-level model of
+# Tiny Shakespeare has a vocabulary of 65 characters. Predict its loss and perplexity at
+# initialisation, then build `ModelConfig.gpt2(vocab_size=65, ...)` (2 layers, width
+# 64, as above) and measure its loss on random targets.
+
+# %% tags=["hide-input"]
+mx.random.seed(1)
+char_config = ModelConfig.gpt2(vocab_size=65, context_length=128, dims=64,
+                               n_layers=2, n_heads=4)
+char_model = TransformerLM(char_config)
+char_ids = mx.random.randint(0, 65, (4, 129), key=mx.random.key(4))  # (B, T + 1)
+char_loss = cross_entropy(char_model(char_ids[:, :-1]), char_ids[:, 1:]).item()
+# small logits, so nearly uniform: ln 65 ≈ 4.17 nats, a perplexity of about 65
+assert abs(char_loss - math.log(65)) < 0.05
+print(f"V = 65: ln V = {math.log(65):.2f}; the loss at init is within 0.05 of it")
+
+# %% [markdown]
+# **Exercise 5.5 (bits per byte by hand).** §5.4's 512 GPT-2 tokens of Shakespeare were
+# 1847 bytes. Suppose training brings the loss to 3.0 nats per token: how many bits per
+# byte is that? And how many bits per byte does a byte-level model (V = 256, one token
+# per byte) score when it knows nothing?
+
+# %% tags=["hide-input"]
+bpb_by_hand = 3.0 * n_tokens / n_bytes / math.log(2)  # nats per byte, then bits
+assert math.isclose(bits_per_byte(3.0, n_tokens, n_bytes), bpb_by_hand)
+# knowing nothing about bytes: ln 256 nats per byte = log2 256 = 8 bits per byte
+assert math.isclose(bits_per_byte(math.log(256), 1000, 1000), 8.0)
+print(f"3.0 nats/token at {n_bytes / n_tokens:.2f} bytes/token = {bpb_by_hand:.2f} "
+      "bits per byte; a uniform byte-level model: 8 bits per byte")
+
+# %% [markdown]
 # ## What we built
 #
 # - **`TransformerLM`** end to end: `hidden_states` (embedding → blocks → final norm,
@@ -604,7 +718,8 @@ print(inspect.getsource(mlxllm.generation._decode))
 #   (nearly uniform untrained; " Paris" at 0.77 for a real model); **shifted targets**
 #   make `T` training examples out of `T + 1` tokens.
 # - **`cross_entropy`** (mean nats per token), equal to the loop by hand and to
-#   `nn.losses.cross_entropy(..., reduction="mean")`; loss at init ≈ ln V;
+#   `nn.losses.cross_entropy(..., reduction="mean")`; loss at init ≈ ln V
+#   (perplexity `exp(loss)` ≈ V: as unsure as a uniform choice);
 #   **`bits_per_byte`**.
 # - **`mlxllm.generation`**: **`sampling_logits`**, **`sample`** and **`make_sampler`**:
 #   greedy, temperature, top-k, top-p, min-p, with explicit keys.

@@ -58,7 +58,7 @@ from mlxllm import ModelConfig, TransformerLM
 from mlxllm.data import get_path
 from mlxllm.generation import generate, stream_text
 from mlxllm.pretrained import load_pretrained, save_pretrained, short_name_path
-from mlxllm.pretrained.families import FAMILIES, unpermute_rope_rows
+from mlxllm.pretrained.families import FAMILIES, rename, unpermute_rope_rows
 from mlxllm.pretrained.hf import config_from_hf, read_weights, weights_from_hf
 from mlxllm.tolerances import assert_close, bound, relative_difference
 
@@ -857,6 +857,149 @@ print(tokenizer.decode(sampled))
 unstopped = list(generate(model4, prompt_ids, len(sampled) + 1, **settings))
 assert unstopped[: len(sampled)] == sampled  # the same seed, the same draws
 assert len(sampled) == 80 or unstopped[-1] in tokenizer.eos_token_ids
+
+# %% [markdown]
+# ## Exercises
+#
+# Try each one before you open its solution (the "show" toggle under it). Every
+# solution checks its answer with an `assert`, so it stays true as the package changes.
+#
+# **Exercise 7.1 (count).** From `model4.config` alone (V = 49,152, C = 576, 30
+# layers, 9 query heads and 3 key/value heads of width 64, a SwiGLU of width 1,536,
+# RMSNorm weights only, a tied head) count SmolLM2-135M's parameters by hand, and check
+# with `model4.num_parameters()`. What share of them is the token embedding?
+
+# %% tags=["hide-input"]
+c = model4.config
+D = c.head_dim  # 64
+# q and o: C × (heads · D); k and v: C × (kv heads · D)
+attention = 2 * c.dims * c.n_heads * D + 2 * c.dims * c.n_kv_heads * D
+swiglu = 3 * c.dims * c.ffn_dims  # gate, up and down projections
+per_layer = attention + swiglu + 2 * c.dims  # + two RMSNorm weights
+embedding = c.vocab_size * c.dims  # also the head: tied, so counted once
+total = embedding + c.n_layers * per_layer + c.dims  # + the final norm
+assert c.tie_embeddings and total == model4.num_parameters() == n_weights
+print(f"{total:,} parameters: {per_layer:,} per layer × {c.n_layers}; the embedding "
+      f"{embedding:,} = {embedding / total:.0%}")
+
+# %% [markdown]
+# **Exercise 7.2 (bytes of a 4-bit model).** Predict the bytes of one `q_proj` in memory
+# (576 × 576 weights of 4 bits, and per group of 32 a float32 scale and bias), then of
+# the whole model (its token embedding has 8 bits per weight, its norms are float32),
+# and compare with float16. Then the file: llama.cpp stores a Q4_1 group of 32 in 20
+# bytes (16 bytes of codes, a float16 scale and minimum) and a Q8_0 group in 34 (32
+# bytes of codes, a float16 scale); check every tensor of the GGUF.
+
+# %% tags=["hide-input"]
+def quantized_bytes(rows: int, cols: int, bits: int, group_size: int = 32) -> int:
+    codes = rows * cols * bits // 8
+    return codes + rows * (cols // group_size) * 2 * 4  # a float32 scale + bias a group
+
+
+q = model4.blocks[0].attention.q_proj
+q_bytes = sum(a.nbytes for a in (q.weight, q.scales, q.biases))
+assert quantized_bytes(576, 576, 4) == q_bytes == 248_832  # 0.75 bytes per weight
+in_memory = (2 * c.n_layers + 1) * c.dims * 4  # the float32 norms
+for _, layer in model4.named_modules():
+    if isinstance(layer, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+        rows, words = layer.weight.shape  # a uint32 word packs 32 / bits codes
+        cols = words * 32 // layer.bits
+        in_memory += quantized_bytes(rows, cols, layer.bits, layer.group_size)
+assert in_memory == bytes4
+group_bytes = {"Q4_1": 20, "Q8_0": 34}
+for t in reader.tensors:
+    kind = t.tensor_type.name
+    by_hand = (t.n_elements // 32 * group_bytes[kind] if kind in group_bytes
+               else 4 * t.n_elements)  # F32: the norms
+    assert by_hand == t.n_bytes, t.name
+print(f"q_proj: {q_bytes:,} bytes, against {576 * 576 * 2:,} in float16; the model: "
+      f"{in_memory / 1e6:.0f} MB in memory, against {2 * n_weights / 1e6:.0f} MB in "
+      f"float16; the file's {len(reader.tensors)} tensors: sizes as predicted")
+
+# %% [markdown]
+# **Exercise 7.3 (implement the GGUF name map).** Write `gguf_to_ours(key)` with the
+# table `FAMILIES["llama"].gguf_names` (`"blk.{i}.attn_q"` →
+# `"blocks.{i}.attention.q_proj"`, …): split off the leaf (`weight`, `scales`,
+# `biases`), put `{i}` in place of a layer number, look the module up. Check that the
+# arrays `mx.load` read from the GGUF land exactly on `model4`'s parameters, with their
+# shapes, and that the package's `rename` agrees.
+
+# %% tags=["hide-input"]
+def gguf_to_ours(key: str) -> str:
+    table = FAMILIES["llama"].gguf_names
+    *module, leaf = key.split(".")
+    if module[0] == "blk":  # blk.7.ffn_gate → blk.{i}.ffn_gate, then i = 7 again
+        layer, rest = module[1], ".".join(module[2:])
+        return table["blk.{i}." + rest].replace("{i}", layer) + "." + leaf
+    return table[".".join(module)] + "." + leaf
+
+
+assert gguf_to_ours("blk.7.ffn_gate.scales") == "blocks.7.ffn.gate_proj.scales"
+ours_from_gguf = {gguf_to_ours(key): array for key, array in gguf_tensors.items()}
+parameters = dict(tree_flatten(model4.parameters()))
+assert ours_from_gguf.keys() == parameters.keys()
+assert all(a.shape == parameters[k].shape for k, a in ours_from_gguf.items())
+table = FAMILIES["llama"].gguf_names
+assert all(rename(key, table) == gguf_to_ours(key) for key in gguf_tensors)
+print(f"all {len(gguf_tensors)} GGUF arrays map onto model4's {len(parameters)} "
+      "parameters, shapes equal; rename agrees")
+
+# %% [markdown]
+# **Exercise 7.4 (a conversation by hand).** Write out the ChatML text for a
+# conversation with a system message ("Be brief."), a user turn, the assistant's answer
+# and a second user turn, ready for the assistant's next answer, and compare it with
+# `tokenizer.apply_chat_template`. What does the template add when the conversation has
+# no system message?
+
+# %% tags=["hide-input"]
+conversation = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi!"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "And the capital of Italy?"}]
+by_hand = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                  for m in conversation) + "<|im_start|>assistant\n"
+rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
+assert rendered == by_hand and rendered.endswith("<|im_start|>assistant\n")
+im_start = tokenizer.special_tokens["<|im_start|>"]
+turn_ids = tokenizer.encode(rendered, allowed_special="all")
+assert turn_ids.count(im_start) == 5  # four messages and the assistant's prompt
+# without a system message, SmolLM2's template puts in its own default one
+no_system = tokenizer.apply_chat_template(conversation[1:])
+assert no_system.startswith("<|im_start|>system\nYou are a helpful AI assistant")
+assert no_system.endswith(by_hand[by_hand.index("<|im_start|>user"):])
+print(f"by hand == apply_chat_template: {len(turn_ids)} tokens, {im_start=} 5 times; "
+      "no system message: SmolLM2's default one comes first")
+
+# %% [markdown]
+# **Exercise 7.5 (implement stop_ids).** Write `until_stop(tokens, stop_ids)`, a
+# generator that yields tokens up to the first stop id (not included) and then asks for
+# no more. Check it against `generate(..., stop_ids=...)` on §7.5's tiny LLaMA (fast),
+# with the 6th greedy token as the stop id, and on §7.14's answer followed by
+# `<|im_end|>`.
+
+# %% tags=["hide-input"]
+def until_stop(tokens, stop_ids):
+    stop = set(stop_ids)
+    for token in tokens:
+        if token in stop:
+            return  # the stop token ends the answer; nothing more is asked for
+        yield token
+
+
+tiny_prompt = llama_tokenizer.encode("The meaning of life is")
+unstopped = list(generate(llama_model, tiny_prompt, 12, temperature=0))
+stop_id = unstopped[5]
+expected = unstopped[: unstopped.index(stop_id)]  # before its first occurrence
+pulled = []
+by_hand = list(until_stop((pulled.append(t) or t for t in unstopped), [stop_id]))
+stopped = list(generate(llama_model, tiny_prompt, 12, temperature=0,
+                        stop_ids=[stop_id]))
+assert by_hand == stopped == expected and len(pulled) == len(expected) + 1
+eos = tokenizer.eos_token_ids
+assert list(until_stop(answer + eos + [198], eos)) == answer  # 198: a newline
+# (how many tokens come first depends on the random model's near-ties: not printed)
+print("until_stop == generate(stop_ids=...): both end before the stop id; §7.14's "
+      f"answer ends at <|im_end|> (id {eos[0]})")
 
 # %% [markdown]
 # ## What we built
