@@ -4,6 +4,8 @@
     mlxllm train --out runs/cpu --resume --steps 4000
     mlxllm generate runs/cpu --prompt "ROMEO:" --max-new-tokens 50 --temperature 0.8 --seed 0
     mlxllm chat smollm2-135m-instruct --temperature 0
+    mlxllm finetune smollm2-135m-instruct --data train.jsonl --eval test.jsonl --out runs/dates --steps 200
+    mlxllm chat smollm2-135m-instruct --adapter runs/dates --temperature 0
     mlxllm tokenize --tokenizer gpt2 notes.txt --count
 
 MODEL is a training checkpoint folder, a Hugging Face folder, a .gguf file or a known short name.
@@ -50,7 +52,7 @@ def writable_folder(path: str) -> Path:
     return folder
 
 
-def add_train_config_options(parser: argparse.ArgumentParser) -> None:
+def add_train_config_options(parser: argparse.ArgumentParser, defaults: str = "the preset's") -> None:
     """One ``--option`` per TrainConfig field, typed and documented from the field: a new field needs no CLI edit."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -58,7 +60,7 @@ def add_train_config_options(parser: argparse.ArgumentParser) -> None:
         if isinstance(kind, types.UnionType):  # int | None → int
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, choices=f.metadata.get("choices"),
-                            help=f"{f.metadata.get('help', '')} (default: the preset's)")
+                            help=f"{f.metadata.get('help', '')} (default: {defaults})")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -95,11 +97,108 @@ def train(args: argparse.Namespace) -> None:
         + f"; checkpoint ({trainer.config.save} model) in {out}")
 
 
-def load(model: str):
-    """(model, tokenizer) from a checkpoint folder, a Hugging Face folder, a .gguf file or a short name."""
+def load(model: str, adapter: str | None = None):
+    """(model, tokenizer) from a checkpoint folder, a Hugging Face folder, a .gguf file or a short name,
+    with the LoRA adapters of ``adapter`` (an ``mlxllm finetune --out`` folder) on top."""
     from mlxllm.pretrained import load_pretrained
 
-    return load_pretrained(model)
+    model, tokenizer = load_pretrained(model)
+    if adapter is not None:
+        from mlxllm.lora import load_adapters
+
+        load_adapters(model, adapter)
+        model.eval()
+    return model, tokenizer
+
+
+def device_name() -> str:
+    """The accelerator's (or CPU's) name as MLX reports it, e.g. 'NVIDIA H200'."""
+    import mlx.core as mx
+
+    try:
+        return str(mx.device_info().get("device_name", "unknown device"))
+    except (AttributeError, RuntimeError):
+        return "unknown device"
+
+
+def finetune(args: argparse.Namespace) -> None:
+    """LoRA fine-tuning on chat JSONL (Chapter 9); with --eval, exact match before and after, as JSON."""
+    import datetime
+    import json
+    import platform
+    import shlex
+    import time
+
+    import mlx.core as mx
+
+    from mlxllm import sft
+    from mlxllm.lora import apply_lora, save_adapters
+
+    started = time.perf_counter()
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    config = sft.finetune_config(**overrides)
+    if config.dtype != "float32" or config.checkpoint_every or config.save != "last":
+        raise ValueError("finetune trains float32 adapters over the model as loaded and saves them at the end; "
+                         "--dtype, --checkpoint-every and --save do not apply to it")
+    targets = "all" if args.lora_targets == "all" else tuple(args.lora_targets.split(","))
+    train = sft.load_jsonl(args.data)
+    if args.valid:
+        valid = sft.load_jsonl(args.valid)
+    else:  # the last tenth of --data
+        if len(train) < 2:
+            raise ValueError(f"{args.data} has {len(train)} conversation(s); give at least 2, or --valid FILE")
+        cut = len(train) - max(1, len(train) // 10)
+        train, valid = train[:cut], train[cut:]
+    test = sft.load_jsonl(args.eval) if args.eval else None
+    out = writable_folder(args.out)
+    model, tokenizer = load(args.model)  # the base model
+    if not tokenizer.chat_template:
+        raise ValueError(f"{args.model} has no chat template, so it cannot be fine-tuned on conversations")
+    report = {"date": datetime.date.today().isoformat(),
+              "machine": f"{mx.default_device()}: {device_name()} ({platform.platform()})",
+              "mlx": mx.__version__, "command": "mlxllm " + shlex.join(args.argv), "model": args.model,
+              "split_sizes": {"train": len(train), "valid": len(valid), "test": len(test) if test else 0}}
+    if test:
+        tick = time.perf_counter()
+        report["base_accuracy"], base = sft.exact_match(model, tokenizer, test, args.max_new_tokens)
+        report["general_answer_base"] = sft.chat_answer(model, tokenizer, args.question, args.question_tokens)
+        report["base_eval_seconds"] = round(time.perf_counter() - tick, 1)
+        print(f"base model: exact match {report['base_accuracy']:.1%} on {len(test)} test conversations")
+    mx.random.seed(config.seed)
+    base_parameters = model.num_parameters()
+    trainable = apply_lora(model, args.lora_rank, args.lora_alpha, targets, args.lora_layers)
+    print(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha} on {args.lora_targets}: {trainable:,} trainable "
+          f"parameters beside the {base_parameters:,} of the frozen model")
+    trainer = sft.make_trainer(model, tokenizer, train, valid, config, mask_prompt=not args.no_mask_prompt)
+    tick = time.perf_counter()
+    losses = trainer.run(progress=not args.quiet)
+    train_seconds = time.perf_counter() - tick
+    save_adapters(model, out, base_model=args.model, steps=trainer.step)
+    print(f"step {trainer.step}: val loss {losses['val_loss']:.4f} (train {losses['train_loss']:.4f}) in "
+          f"{train_seconds:.1f} s; adapters in {out}")
+    report.update(steps=trainer.step, batch_size=config.batch_size, lr=config.lr, tokens_per_row=trainer.context,
+                  lora={"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": args.lora_targets,
+                        "layers": args.lora_layers or len(model.blocks)},
+                  trainable_parameters=trainable, model_parameters=base_parameters,
+                  losses={k: round(v, 4) for k, v in losses.items()}, train_seconds=round(train_seconds, 1))
+    if test:
+        tick = time.perf_counter()
+        report["finetuned_accuracy"], tuned = sft.exact_match(model, tokenizer, test, args.max_new_tokens)
+        report["general_question"] = args.question
+        report["general_answer"] = sft.chat_answer(model, tokenizer, args.question, args.question_tokens)
+        report["finetuned_eval_seconds"] = round(time.perf_counter() - tick, 1)
+        report["examples"] = [{"prompt": b["prompt"], "expected": b["expected"], "base": b["got"],
+                               "finetuned": t["got"]} for b, t in zip(base[:5], tuned[:5])]
+        print(f"fine-tuned: exact match {report['finetuned_accuracy']:.1%} (base {report['base_accuracy']:.1%}); "
+              f"{args.question!r} → {report['general_answer']!r}")
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    path = Path(args.results) if args.results else out / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"results in {path}")
 
 
 def sampling(args: argparse.Namespace) -> dict:
@@ -109,7 +208,7 @@ def sampling(args: argparse.Namespace) -> dict:
 def generate_text(args: argparse.Namespace) -> None:
     from mlxllm.generation import generate, stream_text
 
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args.adapter)
     prompt_ids = tokenizer.encode(args.prompt)
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:  # fill the context
@@ -126,7 +225,7 @@ def chat(args: argparse.Namespace) -> None:
     """Read one user message per line (interactively, or from piped stdin until its end), stream each answer."""
     from mlxllm.generation import generate, stream_text
 
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args.adapter)
     if not tokenizer.chat_template:
         raise ValueError(f"{args.model} has no chat template, so it is not a chat model; use `mlxllm generate`")
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -188,6 +287,7 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int | None)
     p.add_argument("--top-p", type=float)
     p.add_argument("--min-p", type=float)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter", help="a folder of LoRA adapters (`mlxllm finetune --out`) to apply")
 
 
 def make_parser() -> Parser:
@@ -216,6 +316,26 @@ def make_parser() -> Parser:
     p.add_argument("--system", help="a system message that starts the conversation")
     p.set_defaults(run=chat)
 
+    p = commands.add_parser("finetune", help="teach a chat model a skill with LoRA on chat JSONL (Chapter 9)")
+    p.add_argument("model", help="a chat model: a Hugging Face folder, a .gguf file or smollm2-135m-instruct")
+    p.add_argument("--data", required=True, help='training conversations, JSONL of {"messages": [...]}')
+    p.add_argument("--valid", help="validation conversations (default: the last tenth of --data)")
+    p.add_argument("--eval", help="test conversations: exact match of the greedy answer, before and after")
+    p.add_argument("--out", required=True, help="folder for the adapters (and results.json)")
+    p.add_argument("--results", help="where the results JSON goes (default: OUT/results.json)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections, or all")
+    p.add_argument("--lora-layers", type=int, help="adapt the last this many blocks (default: all)")
+    p.add_argument("--no-mask-prompt", action="store_true", help="learn the prompt tokens too")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in --eval")
+    p.add_argument("--question", default="What is the capital of France?",
+                   help="a general question answered before and after (with --eval)")
+    p.add_argument("--question-tokens", type=int, default=48, help="answer length limit for --question")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_train_config_options(p.add_argument_group("training settings (TrainConfig)"), "sft.finetune_config's")
+    p.set_defaults(run=finetune)
+
     p = commands.add_parser("tokenize", help="print the token ids (or --count) of a file")
     p.add_argument("--tokenizer", default="gpt2", help=f"{data.TOKENIZER_SPECS} | a checkpoint folder")
     p.add_argument("file", help="a text file or a named corpus")
@@ -228,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `finetune`
         args.run(args)
     except (UsageError, ValueError, FileNotFoundError, TrainingDiverged, RanksDisagree) as error:
         command = f"mlxllm {args.command}" if "args" in locals() else "mlxllm"

@@ -1,0 +1,208 @@
+"""LoRA: train a small low-rank update beside each frozen linear layer, y = W x + (α/r)·B A x.
+
+``apply_lora`` wraps the chosen projections (plain ``nn.Linear`` or 4-bit ``nn.QuantizedLinear``: that is
+QLoRA, the base stays packed and gradients reach the adapters through ``mx.quantized_matmul``) and freezes
+everything else; ``merge_lora`` folds the adapters back into dense weights; ``save_adapters`` /
+``load_adapters`` keep only the adapters. Built in Chapter 9, Fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+FFN = ("gate_proj", "up_proj", "down_proj")
+TARGETS = ATTENTION + FFN  # what targets="all" means
+ADAPTER_WEIGHTS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FORMAT = "mlxllm-lora"
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + (x Aᵀ) Bᵀ · α/r`` around a frozen linear layer; B starts at zero. Built in Chapter 9.
+
+    A: (r, in) drawn like a linear layer's weights, B: (out, r) zeros, so at the start the layer is exactly
+    its base. The base may be ``nn.Linear`` or ``nn.QuantizedLinear`` (QLoRA); it is never modified.
+    """
+
+    def __init__(self, base: nn.Module, rank: int = 8, alpha: float = 16.0):
+        super().__init__()
+        if not isinstance(base, (nn.Linear, nn.QuantizedLinear)):
+            raise ValueError(f"LoRA wraps nn.Linear or nn.QuantizedLinear layers, got {type(base).__name__}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"the LoRA rank must be a positive integer, got {rank!r}")
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"the LoRA alpha must be a positive number, got {alpha!r}")
+        out_dims, in_dims = linear_shape(base)
+        self.base = base
+        self.rank, self.alpha, self.scale = rank, float(alpha), float(alpha) / rank
+        bound = 1 / math.sqrt(in_dims)
+        self.lora_a = mx.random.uniform(-bound, bound, (rank, in_dims))  # (r, in)
+        self.lora_b = mx.zeros((out_dims, rank))  # (out, r)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = self.base(x)  # (..., out)
+        update = (x @ self.lora_a.T) @ self.lora_b.T  # (..., r) → (..., out): 2·r·(in + out) flops per row
+        return y + (self.scale * update).astype(y.dtype)
+
+    def delta(self) -> mx.array:
+        """The dense update the adapters stand for, (α/r)·B A: (out, in)."""
+        return self.scale * (self.lora_b @ self.lora_a)
+
+
+def linear_shape(layer: nn.Module) -> tuple[int, int]:
+    """(out, in) of a linear layer; a quantized one packs 32 / bits weights per uint32 word."""
+    out_dims, width = layer.weight.shape
+    return out_dims, width * 32 // layer.bits if isinstance(layer, nn.QuantizedLinear) else width
+
+
+def dense_weight(layer: nn.Module) -> mx.array:
+    """The (out, in) float weight of a linear layer, dequantized if it is quantized."""
+    if isinstance(layer, nn.QuantizedLinear):
+        return mx.dequantize(layer.weight, layer.scales, layer.get("biases"), layer.group_size, layer.bits,
+                             mode=getattr(layer, "mode", "affine"))
+    return layer.weight
+
+
+def _targets(targets) -> tuple[str, ...]:
+    names = TARGETS if targets == "all" else (targets,) if isinstance(targets, str) else tuple(targets)
+    if not names or any(n not in TARGETS for n in names):
+        raise ValueError(f"LoRA targets must be 'all' or names among {list(TARGETS)}, got {targets!r}")
+    return names
+
+
+def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets=("q_proj", "v_proj"),
+               layers: int | None = None) -> int:
+    """Freeze ``model`` and wrap the ``targets`` projections of its last ``layers`` blocks (all by default)
+    in ``LoRALinear``; returns the number of trainable parameters. Built in Chapter 9, Fine-tuning."""
+    names = _targets(targets)
+    blocks = model.blocks
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or
+                               not 1 <= layers <= len(blocks)):
+        raise ValueError(f"layers must be between 1 and the model's {len(blocks)} blocks, got {layers!r}")
+    if any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
+        raise ValueError("this model already has LoRA adapters; merge_lora it or load a fresh model")
+    model.freeze()
+    for block in blocks[len(blocks) - (layers or len(blocks)):]:
+        for part in (block.attention, block.ffn):
+            for name in names:
+                if name in part and isinstance(part[name], (nn.Linear, nn.QuantizedLinear)):
+                    setattr(part, name, LoRALinear(part[name], rank, alpha))
+    wrapped = lora_layers(model)
+    if not wrapped:
+        raise ValueError(f"none of the targets {list(names)} exists in this model's blocks")
+    for _, layer in wrapped:
+        layer.unfreeze(keys=["lora_a", "lora_b"], recurse=False)
+    return trainable_parameters(model)
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """(path, layer) of every LoRA layer in ``model``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """How many numbers the optimizer updates."""
+    return sum(p.size for _, p in tree_flatten(model.trainable_parameters()))
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Replace every ``LoRALinear`` by one ``nn.Linear`` with W + (α/r)·B A; returns how many were merged.
+
+    A quantized base is dequantized first and the merged layer stays in float (re-quantizing would round
+    the small update away); the model is unfrozen. Built in Chapter 9, Fine-tuning.
+    """
+    merged = 0
+    for path, layer in lora_layers(model):
+        weight = dense_weight(layer.base)
+        out_dims, in_dims = weight.shape
+        dtype = weight.dtype if mx.issubdtype(weight.dtype, mx.floating) else mx.float32
+        dense = nn.Linear(in_dims, out_dims, bias="bias" in layer.base)
+        dense.weight = (weight.astype(mx.float32) + layer.delta()).astype(dtype)
+        if "bias" in layer.base:
+            dense.bias = layer.base.bias
+        parent_path, _, name = path.rpartition(".")
+        parent = dict(model.named_modules())[parent_path]
+        setattr(parent, name, dense)
+        merged += 1
+    model.unfreeze()
+    return merged
+
+
+def adapter_arrays(model: nn.Module) -> dict[str, mx.array]:
+    """{path: array} of the adapters only (``...q_proj.lora_a``, ``...q_proj.lora_b``)."""
+    return {k: v for k, v in tree_flatten(model.parameters()) if k.endswith((".lora_a", ".lora_b"))}
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_adapters(model: nn.Module, path: str | Path, **extra) -> Path:
+    """Write the adapters (``adapters.safetensors``) and their settings (``adapter_config.json``, written
+    last) into the folder ``path``, each file atomically. Built in Chapter 9, Fine-tuning."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("this model has no LoRA adapters to save; call apply_lora first")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    first = layers[0][1]
+    blocks = sorted({int(p.split(".")[1]) for p, _ in layers})
+    config = {"format": FORMAT, "rank": first.rank, "alpha": first.alpha,
+              "targets": sorted({p.rsplit(".", 1)[1] for p, _ in layers}, key=TARGETS.index),
+              "layers": len(model.blocks) - blocks[0], "n_blocks": len(model.blocks), **extra}
+    _atomic(folder / ADAPTER_WEIGHTS, lambda tmp: mx.save_safetensors(tmp, adapter_arrays(model)))
+    _atomic(folder / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return folder
+
+
+def read_adapter_config(path: str | Path) -> dict:
+    """``adapter_config.json`` of an adapter folder, or a ValueError saying what the folder is instead."""
+    file = Path(path) / ADAPTER_CONFIG
+    try:
+        config = json.loads(file.read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"format is {config.get('format')!r}, not {FORMAT!r}")
+    except FileNotFoundError:
+        raise ValueError(f"{path} holds no LoRA adapters (no {ADAPTER_CONFIG}); write them with "
+                         "`mlxllm finetune --out` or save_adapters") from None
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{file} is not an adapter config ({error}); fine-tune again") from None
+    return config
+
+
+def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
+    """Wrap ``model`` as the saved adapters say and load their weights; returns the model.
+    Built in Chapter 9, Fine-tuning."""
+    config = read_adapter_config(path)
+    if config["n_blocks"] != len(model.blocks):
+        raise ValueError(f"the adapters in {path} were trained on a model of {config['n_blocks']} blocks, this "
+                         f"one has {len(model.blocks)}; load them on the model they were trained for")
+    apply_lora(model, config["rank"], config["alpha"], config["targets"], config["layers"])
+    weights = mx.load(str(Path(path) / ADAPTER_WEIGHTS))
+    expected = adapter_arrays(model)
+    for name, array in expected.items():
+        if name not in weights or weights[name].shape != array.shape:
+            got = "missing" if name not in weights else f"of shape {tuple(weights[name].shape)}"
+            raise ValueError(f"the adapters in {path} do not fit this model: {name} is {got}, expected "
+                             f"{tuple(array.shape)}")
+    if extra := sorted(set(weights) - set(expected)):
+        raise ValueError(f"the adapters in {path} do not fit this model: it has no {extra[0]}")
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
+    return model

@@ -1,0 +1,191 @@
+"""Supervised fine-tuning on chat data: conversations → rows of (inputs, targets) with the loss on the
+assistant's tokens only, the trainer of Chapter 6 on those rows, and exact-match evaluation by greedy
+generation. Data is mlx-lm's chat JSONL: one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line.
+Built in Chapter 9, Fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from mlxllm.optimizer import make_optimizer
+from mlxllm.training import IGNORE, TrainConfig, Trainer
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_conversation(messages, where: str = "a conversation") -> list[dict]:
+    """The messages, or a ValueError saying what is wrong with them (roles, contents, no assistant turn)."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ROLES or \
+                not isinstance(message.get("content"), str):
+            raise ValueError(f"{where}: every message needs a role in {list(ROLES)} and a string content, "
+                             f"got {message!r}")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"{where}: there is no assistant message, so nothing to learn from")
+    return messages
+
+
+def load_jsonl(path: str | Path) -> list[list[dict]]:
+    """The conversations of a chat JSONL file (mlx-lm's format), each checked. Chapter 9."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; make it with `python -m mlxllm.tasks` or give a "
+                                "JSONL file of {\"messages\": [...]} lines")
+    conversations = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"{path}:{number} is not JSON ({error})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: each line must be an object with 'messages'")
+        conversations.append(check_conversation(record.get("messages"), f"{path}:{number}"))
+    if not conversations:
+        raise ValueError(f"{path} holds no conversations")
+    return conversations
+
+
+def write_jsonl(conversations: list[list[dict]], path: str | Path) -> None:
+    """One ``{"messages": [...]}`` per line, written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations), encoding="utf-8")
+    tmp.replace(path)
+
+
+def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
+    """Token ids of a conversation in the model's chat template, and for each id whether the loss sees it.
+
+    Each assistant message's tokens (its text and its end-of-turn) are learned; the template's text
+    before them (system, user turns, the assistant header) is the prompt, masked. The text is encoded
+    piece by piece at those boundaries, so the mask is exact. Built in Chapter 9, Fine-tuning.
+    """
+    check_conversation(messages)
+    ids, learn, done = [], [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[: i + 1], add_generation_prompt=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError("this chat template does not render a conversation as a growing prefix, so the "
+                             "assistant's tokens cannot be told apart; use a model with a standard template")
+        for text, is_answer in ((prompt[len(done):], False), (full[len(prompt):], True)):
+            piece = tokenizer.encode(text, allowed_special="all") if text else []
+            ids += piece
+            learn += [is_answer] * len(piece)
+        done = full
+    return ids, learn
+
+
+def make_rows(tokenizer, conversations: list[list[dict]], length: int | None = None,
+              mask_prompt: bool = True) -> np.ndarray:
+    """(N, 2, T) int32 rows [inputs, targets] for the trainer; targets are ``IGNORE`` on the prompt
+    (``mask_prompt``) and on the right padding. T = ``length`` or the longest conversation − 1. Chapter 9.
+
+    Right padding is exact under a causal mask: real tokens never attend to the pads after them.
+    """
+    rendered = [render(tokenizer, m) for m in conversations]
+    longest = max(len(ids) for ids, _ in rendered) - 1
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"a conversation has {longest + 1} tokens, more than rows of {length} + 1 hold; "
+                         "raise the length or shorten the conversations")
+    rows = np.full((len(rendered), 2, length), IGNORE, dtype=np.int32)
+    rows[:, 0] = 0  # padding inputs: any valid id (their targets are ignored)
+    for row, (ids, learn) in zip(rows, rendered):
+        n = len(ids) - 1
+        row[0, :n] = ids[:-1]
+        row[1, :n] = [t if (keep or not mask_prompt) else IGNORE for t, keep in zip(ids[1:], learn[1:])]
+    return rows
+
+
+def finetune_config(**overrides) -> TrainConfig:
+    """TrainConfig defaults for LoRA fine-tuning: a higher peak rate, short warmup, no weight decay. Chapter 9."""
+    settings = dict(steps=200, batch_size=16, lr=1e-3, min_lr=1e-4, warmup=20, weight_decay=0.0,
+                    eval_interval=100, eval_batches=4, grad_clip=1.0)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def make_trainer(model: nn.Module, tokenizer, train: list[list[dict]], valid: list[list[dict]],
+                 config: TrainConfig, mask_prompt: bool = True) -> Trainer:
+    """A ``Trainer`` over the chat rows of ``train`` / ``valid`` for ``model`` as it is (after ``apply_lora``:
+    only the adapters train). Built in Chapter 9, Fine-tuning."""
+    length = max(len(render(tokenizer, m)[0]) for m in train + valid) - 1
+    train_rows = make_rows(tokenizer, train, length, mask_prompt)
+    valid_rows = make_rows(tokenizer, valid, length, mask_prompt)
+    model.train()
+    mx.random.seed(config.seed)
+    return Trainer(model, config, train_rows, valid_rows, make_optimizer(model, config), tokenizer,
+                   {"task": "sft", "train_conversations": len(train), "valid_conversations": len(valid)})
+
+
+def prompt_and_answer(tokenizer, messages: list[dict]) -> tuple[list[int], str]:
+    """The prompt ids up to the last assistant message (with the assistant header) and that message."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = tokenizer.apply_chat_template(messages[:last], add_generation_prompt=True)
+    return tokenizer.encode(prompt, allowed_special="all"), messages[last]["content"]
+
+
+def greedy_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: int,
+                 stop_ids=()) -> list[list[int]]:
+    """Greedy continuations of prompts of equal length, decoded together with one KV cache; each stops at
+    its first stop id (not included) or after ``max_new_tokens``. Chapter 9."""
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("greedy_batch needs prompts of one length; group them by length first")
+    cache, stop = model.make_cache(), mx.array(sorted(stop_ids) or [-1])
+    logits = model(mx.array(prompts), cache=cache)[:, -1]  # (B, V)
+    tokens, finished = [], mx.zeros((len(prompts),), dtype=mx.bool_)
+    for _ in range(max_new_tokens):
+        token = mx.argmax(logits, axis=-1).astype(mx.int32)  # (B,)
+        finished = finished | (token[:, None] == stop[None]).any(axis=-1)
+        tokens.append(mx.where(finished, -1, token))
+        if finished.all().item():
+            break
+        logits = model(token[:, None], cache=cache)[:, -1]
+    columns = np.array(mx.stack(tokens, axis=1)) if tokens else np.zeros((len(prompts), 0), np.int64)
+    return [[int(t) for t in row[: (list(row) + [-1]).index(-1)]] for row in columns]
+
+
+def exact_match(model: nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 24,
+                batch_size: int = 64) -> tuple[float, list[dict]]:
+    """Share of conversations whose greedy answer (stopped at end of turn, stripped) equals the last
+    assistant message exactly, and every {prompt, expected, got}. Built in Chapter 9, Fine-tuning."""
+    was_training = model.training
+    model.eval()
+    items = [prompt_and_answer(tokenizer, m) + (m,) for m in conversations]
+    by_length: dict[int, list[int]] = {}
+    for index, (ids, _, _) in enumerate(items):
+        by_length.setdefault(len(ids), []).append(index)
+    answers = [""] * len(items)
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start: start + batch_size]
+            outs = greedy_batch(model, [items[i][0] for i in chunk], max_new_tokens, tokenizer.eos_token_ids)
+            for i, out in zip(chunk, outs):
+                answers[i] = tokenizer.decode(out).strip()
+    model.train(was_training)
+    results = [{"prompt": next(x["content"] for x in reversed(m) if x["role"] == "user"), "expected": answer,
+                "got": got} for (_, answer, m), got in zip(items, answers)]
+    return sum(r["got"] == r["expected"].strip() for r in results) / max(1, len(results)), results
+
+
+def chat_answer(model: nn.Module, tokenizer, question: str, max_new_tokens: int = 48) -> str:
+    """The greedy answer to one user message (e.g. a general question asked after fine-tuning)."""
+    ids = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": question}]),
+                           allowed_special="all")
+    was_training = model.training
+    model.eval()
+    answer = tokenizer.decode(greedy_batch(model, [ids], max_new_tokens, tokenizer.eos_token_ids)[0]).strip()
+    model.train(was_training)
+    return answer

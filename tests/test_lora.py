@@ -1,0 +1,156 @@
+"""LoRA (mlxllm.lora): zero start, merge, QLoRA gradients, freezing, save/load, bad input."""
+
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from conftest import make_model, randomize
+from mlx.utils import tree_flatten
+
+from mlxllm.lora import LoRALinear, apply_lora, dense_weight, load_adapters, lora_layers, merge_lora, \
+    save_adapters
+from mlxllm.tolerances import assert_close
+
+IDS = mx.array([[3, 14, 15, 92, 65, 35, 8, 9], [2, 71, 82, 81, 82, 84, 5, 90]])
+
+
+def llama(seed=0, quantized=False):
+    model = randomize(make_model("llama", seed=seed, dims=64, ffn_dims=128, n_heads=4, n_kv_heads=2), seed)
+    if quantized:  # 4-bit affine, groups of 32 (the GGUF model's layout)
+        nn.quantize(model, group_size=32, bits=4, class_predicate=lambda _, m: isinstance(m, nn.Linear))
+    return model
+
+
+def randomize_adapters(model, seed=1):
+    """B is zero at the start; give it (and A) values so the adapters actually change the output."""
+    key = mx.random.key(seed)
+    for _, layer in lora_layers(model):
+        key, a, b = mx.random.split(key, 3)
+        layer.lora_a = 0.2 * mx.random.normal(layer.lora_a.shape, key=a)
+        layer.lora_b = 0.2 * mx.random.normal(layer.lora_b.shape, key=b)
+    mx.eval(model.parameters())
+
+
+def test_lora_layer_is_base_plus_scaled_low_rank_product():
+    mx.random.seed(0)
+    base = nn.Linear(16, 12)
+    layer = LoRALinear(base, rank=4, alpha=8)
+    layer.lora_b = mx.random.normal((12, 4))
+    x = mx.random.normal((3, 16))
+    by_hand = x @ base.weight.T + base.bias + (x @ layer.lora_a.T @ layer.lora_b.T) * (8 / 4)
+    assert_close(layer(x), by_hand, what="LoRA layer vs the formula")
+    assert layer.lora_a.shape == (4, 16) and layer.lora_b.shape == (12, 4)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_zero_initialised_adapters_leave_logits_unchanged(quantized):
+    model = llama(quantized=quantized)
+    before = model(IDS)
+    apply_lora(model, rank=4, alpha=8, targets="all")
+    assert all(mx.array_equal(layer.lora_b, mx.zeros_like(layer.lora_b)) for _, layer in lora_layers(model))
+    assert mx.array_equal(model(IDS), before)  # B = 0: the update is exactly zero
+
+
+def test_apply_lora_freezes_the_rest_and_counts_trainable_parameters():
+    model = llama()
+    n = apply_lora(model, rank=4, alpha=8, targets=("q_proj", "v_proj"))
+    trainable = dict(tree_flatten(model.trainable_parameters()))
+    assert trainable and all(k.endswith((".lora_a", ".lora_b")) for k in trainable)
+    c = model.config  # per block: q (dims → heads·hd) and v (dims → kv_heads·hd)
+    expected = c.n_layers * 4 * ((c.dims + c.n_heads * c.head_dim) + (c.dims + c.n_kv_heads * c.head_dim))
+    assert n == expected == sum(v.size for v in trainable.values())
+    one = llama()
+    assert apply_lora(one, rank=4, alpha=8, targets="all", layers=1) < apply_lora(llama(), 4, 8, "all")
+    assert {p.split(".")[1] for p, _ in lora_layers(one)} == {str(c.n_layers - 1)}  # the last block only
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_merged_model_equals_base_plus_adapters(quantized):
+    model = llama(quantized=quantized)
+    apply_lora(model, rank=4, alpha=8, targets="all")
+    randomize_adapters(model)
+    with_adapters = model(IDS)
+    assert merge_lora(model) == 7 * model.config.n_layers
+    assert not lora_layers(model) and not any(isinstance(m, nn.QuantizedLinear) for name, m in
+                                              model.named_modules() if name.startswith("blocks"))  # dense
+    assert_close(model(IDS), with_adapters, what="merged vs adapter logits")
+
+
+def test_quantized_base_gradients_equal_dequantized_base_gradients():
+    """QLoRA: gradients reach the adapters through mx.quantized_matmul and match a float copy of the base."""
+    quantized = llama(quantized=True)
+    dense = llama()
+    for (_, q), (_, d) in zip(quantized.named_modules(), dense.named_modules()):
+        if isinstance(q, nn.QuantizedLinear):  # the float model gets the dequantized 4-bit weights
+            d.weight = dense_weight(q)
+    for model in (quantized, dense):
+        mx.random.seed(5)
+        apply_lora(model, rank=4, alpha=8, targets="all")
+        randomize_adapters(model)
+    targets = mx.roll(IDS, -1, axis=1)
+
+    def loss(m):
+        return nn.losses.cross_entropy(m(IDS), targets, reduction="mean")
+
+    _, q_grads = nn.value_and_grad(quantized, loss)(quantized)
+    _, d_grads = nn.value_and_grad(dense, loss)(dense)
+    q_grads, d_grads = dict(tree_flatten(q_grads)), dict(tree_flatten(d_grads))
+    assert set(q_grads) == set(d_grads) and all(k.endswith((".lora_a", ".lora_b")) for k in q_grads)
+    for name in q_grads:
+        assert float(mx.abs(q_grads[name]).max()) > 0, name
+        assert_close(q_grads[name], d_grads[name], what=name)
+    # the base was never dequantized in memory: its layers are still packed 4-bit words
+    assert all(isinstance(layer.base, nn.QuantizedLinear) for _, layer in lora_layers(quantized))
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_an_optimizer_step_changes_only_the_adapters(quantized):
+    model = llama(quantized=quantized)
+    apply_lora(model, rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"))
+    before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    optimizer = optim.AdamW(1e-2)
+    _, grads = nn.value_and_grad(model, lambda m: nn.losses.cross_entropy(
+        m(IDS), mx.roll(IDS, -1, axis=1), reduction="mean"))(model)
+    optimizer.update(model, grads)
+    mx.eval(model.parameters())
+    changed = {k for k, v in tree_flatten(model.parameters()) if not np.array_equal(np.array(v), before[k])}
+    assert changed and all(k.endswith((".lora_a", ".lora_b")) for k in changed)
+    assert any(k.endswith(".lora_b") for k in changed)
+
+
+def test_save_load_adapters_round_trip(tmp_path):
+    model = llama(quantized=True)
+    apply_lora(model, rank=4, alpha=8, targets=("q_proj", "o_proj", "up_proj"), layers=1)
+    randomize_adapters(model)
+    expected = model(IDS)
+    save_adapters(model, tmp_path / "adapters", base_model="tiny")
+    config = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
+    assert config["rank"] == 4 and config["alpha"] == 8 and config["layers"] == 1 and config["base_model"] == "tiny"
+    assert config["targets"] == ["q_proj", "o_proj", "up_proj"]
+    assert not [p for p in (tmp_path / "adapters").iterdir() if p.name.startswith(".")]  # no temporary files left
+    fresh = load_adapters(llama(quantized=True), tmp_path / "adapters")
+    assert mx.array_equal(fresh(IDS), expected)  # the same arrays, the same computation
+
+
+def test_bad_lora_input_gets_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="targets"):
+        apply_lora(llama(), targets=("query",))
+    with pytest.raises(ValueError, match="rank"):
+        apply_lora(llama(), rank=0)
+    with pytest.raises(ValueError, match="layers"):
+        apply_lora(llama(), layers=9)
+    model = llama()
+    apply_lora(model)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        apply_lora(model)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        save_adapters(llama(), tmp_path / "none")
+    with pytest.raises(ValueError, match="no adapter_config.json"):
+        load_adapters(llama(), tmp_path)
+    save_adapters(model, tmp_path / "a")
+    other = randomize(make_model("llama", dims=64, ffn_dims=128, n_heads=4, n_kv_heads=2, n_layers=3))
+    with pytest.raises(ValueError, match="3"):
+        load_adapters(other, tmp_path / "a")
