@@ -53,11 +53,13 @@ def relative_difference(actual, expected) -> float:
 
 
 def assert_close(actual, expected, *, dtype: mx.Dtype = mx.float32, rtol: float | None = None,
-                 what: str = "values") -> float:
-    """Assert ``relative_difference(actual, expected) <= rtol`` (default ``bound(dtype)``); return it."""
+                 what: str = "values") -> None:
+    """Assert ``relative_difference(actual, expected) <= rtol`` (default ``bound(dtype)``).
+
+    Returns nothing, so that a check ending a notebook cell prints nothing machine-dependent.
+    """
     limit = bound(dtype) if rtol is None else rtol
     diff = relative_difference(actual, expected)
     if not diff <= limit:
         raise AssertionError(f"{what} differ by {diff:.3g} relative to the largest value; the bound for "
                              f"{dtype} on {mx.default_device()} is {limit:.3g}")
-    return diff

@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("sources", nargs="*", type=Path, help="book/src/NN_name.py files (default: all)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default 900)")
     args = parser.parse_args()
-    sources = args.sources or sorted((BOOK / "src").glob("[0-9][0-9]_*.py"))
+    sources = args.sources or sorted((BOOK / "src").glob("*.py"))
     if not sources:
         print("no chapter sources found in book/src/", file=sys.stderr)
         return 1

@@ -5,6 +5,9 @@ Owners of other test files may append helpers at the end; float comparisons go t
 """
 
 import math
+from pathlib import Path
+
+import pytest
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -98,3 +101,28 @@ def write_hf_tokenizer(folder, style: str, vocab_size: int = 320):
     folder.mkdir(parents=True, exist_ok=True)
     hf.save(str(folder / "tokenizer.json"))
     return hf
+
+
+# --- our model and mlx-lm's on the same weights (test_model.py, test_generation.py) ---
+# Written in Hugging Face layout by save_pretrained and opened by mlx-lm's own loader, which builds its
+# llama.py / gpt2.py model from config.json.
+
+PARITY = {
+    "llama": dict(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dims=128),
+    "gpt2": dict(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4),
+}
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model_pair(request, tmp_path_factory):
+    """(ours, mlx-lm's) on the same random weights."""
+    from mlx_lm.utils import load_model
+
+    from mlxllm import Tokenizer, save_pretrained
+
+    ours = randomize(make_model(request.param, **PARITY[request.param]), seed=10)
+    tokenizer = Tokenizer.train("the cat sat on the mat; a dog ran far away. " * 10, 280)  # save_pretrained writes one
+    folder = save_pretrained(ours, tokenizer, tmp_path_factory.mktemp(request.param))
+    theirs, _ = load_model(Path(folder))
+    assert type(theirs).__module__ == f"mlx_lm.models.{request.param}"  # really mlx-lm's own architecture code
+    return ours, theirs

@@ -1,7 +1,8 @@
 """Data-parallel training (Appendix): `mlxllm train` under `mlx.launch -n 2 --backend ring` over loopback.
 
 Two ranks on the tiny preset must end with the parameters of one process trained on the same global
-batches, rank 0 alone writes the checkpoint, a resume under 2 ranks continues bit-exactly, and ranks
+batches, rank 0 alone writes the checkpoint, a resume under 2 ranks continues bit-exactly (on the CPU
+backend; within the tolerance policy on a GPU), and ranks
 that disagree all stop with one message. Every launch has a hard timeout (`launch_local` kills the
 launcher and its ranks), so CI can never hang here.
 """
@@ -16,6 +17,7 @@ import mlx.core as mx
 import pytest
 
 from mlxllm.distributed import launch_local, launcher
+from mlxllm.tolerances import bound, relative_difference, tf32_possible
 
 TIMEOUT = 120  # seconds per launch; a run takes a few seconds on an idle 2-core CPU
 # The tiny preset on a smaller batch and context. lr = the preset's min_lr makes the schedule independent of
@@ -23,6 +25,10 @@ TIMEOUT = 120  # seconds per launch; a run takes a few seconds on an idle 2-core
 ARGS = ["--preset", "tiny", "--batch-size", "8", "--context", "32", "--lr", "3e-4", "--quiet"]
 TRAIN = [sys.executable, "-m", "mlxllm.cli", "train", *ARGS]
 TOLERANCE = 1e-5  # float32: averaging two half-batch means rounds differently from one full-batch mean
+# On a GPU the ranks compute with TF32 products and CUDA training is not bit-reproducible (two identical runs
+# differ after a few steps), so there the runs are compared within the tolerance policy, relative to the largest
+# value; on the CPU backend the bars above (and bit-exact resumes) hold.
+EXACT_BACKEND = not tf32_possible()
 
 if launcher() is None or not mx.distributed.is_available("ring"):
     pytest.skip("mlx.launch or MLX's ring backend is not available in this environment", allow_module_level=True)
@@ -55,6 +61,18 @@ def max_difference(a: dict, b: dict) -> float:
     return max(mx.abs(a[k].astype(mx.float32) - b[k].astype(mx.float32)).max().item() for k in a)
 
 
+def assert_runs_agree(a: dict, b: dict, absolute: float, what: str) -> None:
+    """Within ``absolute`` on the CPU backend; within the policy's relative bound where products run in TF32."""
+    if EXACT_BACKEND:
+        assert max_difference(a, b) <= absolute, what
+    else:
+        assert max(relative_difference(a[k], b[k]) for k in a) <= bound(), what
+
+
+def assert_losses_agree(a: list, b: list) -> None:
+    assert a == pytest.approx(b, abs=1e-5) if EXACT_BACKEND else a == pytest.approx(b, rel=bound())
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """One process for 4 steps, and 2 ranks for 4 steps (rank-named --out folders)."""
@@ -68,20 +86,19 @@ def runs(tmp_path_factory) -> Path:
 
 def test_two_ranks_equal_one_process_on_the_same_global_batches(runs):
     one, two = runs / "single", runs / "two_ranks_0"
-    difference = max_difference(arrays(one, "model.safetensors"), arrays(two, "model.safetensors"))
-    assert 0 <= difference < TOLERANCE
-    assert max_difference(arrays(one, "optimizer.safetensors"), arrays(two, "optimizer.safetensors")) < TOLERANCE
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert_runs_agree(arrays(one, name), arrays(two, name), TOLERANCE, name)
     # the recorded losses are the global batch's: the mean over the ranks of their half-batch means
     single_loss = json.loads(saved(one, "metrics.json").read_text())["loss"]
     two_loss = json.loads(saved(two, "metrics.json").read_text())["loss"]
     assert len(single_loss) == len(two_loss) == 4
-    assert single_loss == pytest.approx(two_loss, abs=1e-5)
+    assert_losses_agree(single_loss, two_loss)
     # evaluation: each rank scores its rows of the same batches, the ranks average
     single_eval = json.loads(saved(one, "metrics.json").read_text())["eval"]
     two_eval = json.loads(saved(two, "metrics.json").read_text())["eval"]
     assert single_eval["step"] == two_eval["step"] == [0, 4]
-    assert single_eval["val_loss"] == pytest.approx(two_eval["val_loss"], abs=1e-5)
-    assert single_eval["train_loss"] == pytest.approx(two_eval["train_loss"], abs=1e-5)
+    assert_losses_agree(single_eval["val_loss"], two_eval["val_loss"])
+    assert_losses_agree(single_eval["train_loss"], two_eval["train_loss"])
     assert json.loads(saved(two, "state.json").read_text())["world_size"] == 2
     assert json.loads(saved(one, "state.json").read_text())["world_size"] == 1
 
@@ -99,8 +116,8 @@ def test_resume_under_two_ranks_continues_exactly(runs):
     second = launch([*TRAIN, "--steps", "4", "--out", "half", "--resume"], folder)
     assert second.returncodes == [0, 0], second.stderr
     assert second.stdout.count("resuming half at step 2 of 4") == 1  # rank 0 alone prints
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        assert max_difference(arrays(folder / "half", name), arrays(runs / "two_ranks_0", name)) == 0.0, name
+    for name in ("model.safetensors", "optimizer.safetensors"):  # bit-exact on the CPU backend
+        assert_runs_agree(arrays(folder / "half", name), arrays(runs / "two_ranks_0", name), 0.0, name)
 
 
 def test_resuming_with_another_number_of_ranks_says_so(runs):

@@ -2,7 +2,6 @@
 temperature faults and the greedy threshold, generate (greedy = argmax with full recompute, stop ids,
 sliding past the context length, errors), parity with mlx-lm's cached decoding, UTF-8-safe streaming."""
 
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -404,27 +403,6 @@ def test_a_model_in_training_mode_with_dropout_decodes_through_the_plain_path():
 # --- parity with mlx-lm's cached decoding, same weights --------------------------------------------
 # Different kernels round differently (MLX's CUDA backend runs float32 products in TF32), so logits are
 # compared within the shared tolerance and greedy tokens with assert_greedy_tokens_agree.
-
-PARITY = {
-    "llama": dict(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dims=128),
-    "gpt2": dict(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4),
-}
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def model_pair(request, tmp_path_factory):
-    """(ours, mlx-lm's) on the same random weights."""
-    from mlx_lm.utils import load_model
-
-    from mlxllm import Tokenizer, save_pretrained
-
-    ours = randomize(make_model(request.param, **PARITY[request.param]), seed=10)
-    tokenizer = Tokenizer.train("the cat sat on the mat; a dog ran far away. " * 10, 280)  # save_pretrained writes one
-    folder = save_pretrained(ours, tokenizer, tmp_path_factory.mktemp(request.param))
-    theirs, _ = load_model(Path(folder))
-    assert type(theirs).__module__ == f"mlx_lm.models.{request.param}"  # really mlx-lm's own architecture code
-    return ours, theirs
-
 
 def test_cached_decoding_matches_mlx_lm_cached_decoding(model_pair):
     from mlx_lm.models.cache import make_prompt_cache

@@ -4,13 +4,12 @@ limits, parameter counts, quantized layers, and KV-cached decoding against full 
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import GPT2_TINY, LLAMA_TINY, make_model, randomize
+from conftest import GPT2_TINY, LLAMA_TINY, make_model
 from mlx.utils import tree_flatten
 
 from mlxllm import KVCache, ModelConfig, TransformerLM, cross_entropy
@@ -267,9 +266,6 @@ def test_cached_decoding_in_uneven_chunks_equals_full_recompute(kind):
     assert_close(cached, full, what="cached vs full logits")
 
 
-# --- against mlx-lm, an independent implementation ------------------------------------------------
-
-
 # --- ids out of the vocabulary ------------------------------------------------------------------------------
 
 
@@ -335,29 +331,7 @@ def test_a_quantized_model_computes_with_its_dequantized_weights_and_stays_near_
 # Our model is written in Hugging Face layout by save_pretrained and opened by mlx-lm's own loader
 # (mlx_lm.utils.load_model), which builds its llama.py / gpt2.py model from config.json. Both run the same
 # MLX kernels, so the agreement bar is tighter than the cross-kernel float bound:
-# max |ours − theirs| / max |theirs| < 1e-4 in float32.
-
-PARITY = {
-    "llama": ModelConfig.llama(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                               ffn_dims=128),
-    "gpt2": ModelConfig.gpt2(vocab_size=300, context_length=320, dims=64, n_layers=2, n_heads=4),
-}
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def model_pair(request, tmp_path_factory):
-    """(ours, mlx-lm's) on the same random O(1) weights (GPT-2's init is too gentle to exercise norms and biases)."""
-    from mlx_lm.utils import load_model
-
-    from mlxllm import save_pretrained
-    from mlxllm.tokenizer import Tokenizer
-
-    ours = randomize(TransformerLM(PARITY[request.param]), seed=10)
-    tokenizer = Tokenizer.train("the cat sat on the mat; a dog ran far away. " * 10, 280)  # save_pretrained writes one
-    folder = save_pretrained(ours, tokenizer, tmp_path_factory.mktemp(request.param))
-    theirs, _ = load_model(Path(folder))
-    assert type(theirs).__module__ == f"mlx_lm.models.{request.param}"  # really mlx-lm's own architecture code
-    return ours, theirs
+# max |ours − theirs| / max |theirs| < 1e-4 in float32 (the fixture model_pair is in conftest.py).
 
 
 def test_logits_match_mlx_lm(model_pair):

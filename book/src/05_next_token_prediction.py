@@ -504,7 +504,7 @@ for token in with_cache[:-1]:  # then one token per step, through the cache
 cached_logits = mx.stack(cached_steps)  # (56, V)
 full_logits = model(mx.array([sequence[:-1]]))[0, 199:]  # one pass, no cache: (56, V)
 
-difference = assert_close(cached_logits, full_logits, what="cached and full logits")
+assert_close(cached_logits, full_logits, what="cached and full logits")
 full_argmax = mx.argmax(full_logits, axis=-1).tolist()
 top2 = mx.sort(full_logits, axis=-1)[:, -2:]
 near_tie = (top2[:, 1] - top2[:, 0] < 10 * bound() * mx.abs(full_logits).max()).tolist()

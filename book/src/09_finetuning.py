@@ -415,11 +415,25 @@ else:
           f"fine-tuned {run['finetuned_accuracy']:.1%}")
     print(f"time: training {run['train_seconds']} s, whole run "
           f"{run['wall_seconds']} s")
-    print(f"{run['general_question']!r} → {run['general_answer']!r}")
+    print(f"{run['general_question']!r} → base: {run['general_answer_base']!r}; "
+          f"fine-tuned: {run['general_answer']!r}")
     for example in run["examples"][:3]:
         print(f"  {example['prompt'].removeprefix(tasks.INSTRUCTION)!r}: base "
               f"{example['base']!r}, fine-tuned {example['finetuned']!r}")
     assert run["finetuned_accuracy"] >= run["base_accuracy"] + 0.40
+
+# %% [markdown]
+# The task was learned (from no correct answer to nearly all), and something was lost:
+# in the recorded run, the fine-tuned model answers the general question with a date.
+# 300 steps on 2,000 date conversations, with adapters on every projection of all 30
+# layers, drove the training loss to about 0.0002: the adapters now turn every question
+# into the one task they have seen. This is **catastrophic forgetting** in its plainest
+# form, and LoRA does not prevent it; it only makes it reversible: the base weights are
+# untouched, so the same model without `--adapter` answers as before. The usual
+# remedies, which this run does not try: mix general conversations into the training
+# data (a tenth to a fifth of it), stop early on a validation set that includes them,
+# or adapt fewer layers with a smaller rank and learning rate, and measure a set of
+# general questions before and after, as the run measures one.
 
 # %% [markdown]
 # ## What we built
