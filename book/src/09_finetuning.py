@@ -143,6 +143,9 @@ assert on_everything > 2 * on_answer  # the question's random dates dominate
 #
 # y = W x + (α/r) · B (A x)
 #
+# ![LoRA: a frozen W beside a trainable low-rank path B·A, scaled by α/r and
+# added](figures/lora.svg)
+#
 # B starts at zero, so the model starts exactly as it was; A starts random, so the
 # gradient of B is not zero. α/r keeps the update's scale independent of the rank
 # (the usual choice α = 2r gives a factor 2). Here it is by hand on the first block's
