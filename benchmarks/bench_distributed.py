@@ -26,33 +26,26 @@ from mlx.utils import tree_flatten
 from mlxllm import ModelConfig, data
 from mlxllm.distributed import world
 from mlxllm.presets import PRESETS
-from mlxllm.tokenizer import CharTokenizer, Tokenizer
 from mlxllm.training import Trainer
 
 # a GPT-2-small-sized model (124M) at context 1024: the "larger preset" of the scaling table
-GPT2_124M = dict(dims=768, n_layers=12, n_heads=12, bias=False, tie_embeddings=True, dropout=0.0)
+GPT2_124M = dict(bias=False)  # ModelConfig.gpt2's defaults are GPT-2 small; nanoGPT drops the biases
 
 
 def setup(preset: str, per_rank_batch: int | None, global_batch: int | None, steps: int, size: int):
     """(model config, train config, train ids, val ids, tokenizer) for one of the two benchmark shapes."""
-    text = data.get_path("tinyshakespeare").read_text()
+    corpus = data.prepare_corpus("tinyshakespeare", "gpt2" if preset == "gpt2-124m" else "char")
     if preset == "gpt2-124m":
-        tokenizer = Tokenizer.from_gpt2_files(data.get_path("gpt2-vocab"), data.get_path("gpt2-merges"))
-        ids = np.asarray(tokenizer.encode_ordinary(text), dtype=np.int32)
-        model_config = ModelConfig.gpt2(vocab_size=tokenizer.vocab_size, context_length=1024, **GPT2_124M)
-        train = PRESETS["shakespeare-char"].train
-        per_rank_batch = per_rank_batch or 8
+        model_config = ModelConfig.gpt2(vocab_size=corpus.tokenizer.vocab_size, context_length=1024, **GPT2_124M)
+        train, per_rank_batch = PRESETS["shakespeare-char"].train, per_rank_batch or 8
     else:
-        tokenizer = CharTokenizer.train(text)
-        ids = np.asarray(tokenizer.encode(text), dtype=np.int32)
-        model_config = PRESETS[preset].model_config(tokenizer.vocab_size)
+        model_config = PRESETS[preset].model_config(corpus.tokenizer.vocab_size)
         train = PRESETS[preset].train
         per_rank_batch = per_rank_batch or train.batch_size
     batch = global_batch or per_rank_batch * size
     config = dataclasses.replace(train, steps=steps, batch_size=batch, context=model_config.context_length,
                                  eval_interval=10**6, grad_accumulation=1, checkpoint_every=0)
-    split = int(len(ids) * 0.9)
-    return model_config, config, ids[:split], ids[split:], tokenizer
+    return model_config, config, corpus.train_ids, corpus.val_ids, corpus.tokenizer
 
 
 def time_all_reduce(n_floats: int, group, dtype: mx.Dtype = mx.float32, repeats: int = 10) -> float:
@@ -88,7 +81,7 @@ def main() -> None:
     if args.dropout is not None:
         model_config = dataclasses.replace(model_config, dropout=args.dropout)
     trainer = Trainer.create(model_config, config, train_ids, val_ids, tokenizer)
-    n_params = sum(p.size for _, p in tree_flatten(trainer.model.parameters()))
+    n_params = trainer.model.num_parameters()
     for _ in range(args.warmup):
         trainer.train_step()
     start = time.perf_counter()

@@ -32,7 +32,6 @@ from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
 from mlxllm import ModelConfig, TransformerLM, Tokenizer, save_pretrained
-import mlxllm.generation
 from mlxllm.generation import generate
 
 SIZES = {
@@ -80,11 +79,7 @@ def time_stream(stream, n_prompt: int) -> tuple[list[int], dict[str, float]]:
 
 def ours(model: TransformerLM, prompt: list[int], n: int, compiled: bool = True):
     """mlxllm's generate with its compiled decode step, or (compiled=False) the plain KVCache path."""
-    mlxllm.generation.COMPILED_DECODE = compiled
-    try:
-        return time_stream(generate(model, prompt, n, temperature=0), len(prompt))
-    finally:
-        mlxllm.generation.COMPILED_DECODE = True
+    return time_stream(generate(model, prompt, n, temperature=0, compiled=compiled), len(prompt))
 
 
 def theirs(model, prompt: list[int], n: int):

@@ -9,7 +9,6 @@ import mlx.nn as nn
 
 from mlxllm.attention import KVCache, MultiHeadAttention
 from mlxllm.config import ACTIVATIONS, NORMS, ModelConfig
-from mlxllm.config import swiglu_hidden_dims  # noqa: F401 (importable from here too, as Chapter 4 teaches)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:

@@ -27,6 +27,7 @@ from mlxllm import data
 from mlxllm.checkpoint import is_checkpoint, load_checkpoint_tokenizer, run_lock
 from mlxllm.distributed import RanksDisagree, is_main, world
 from mlxllm.presets import PRESETS, prepare_run, resume_run
+from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import TrainConfig, TrainingDiverged, TrainingInterrupted
 
 
@@ -63,9 +64,13 @@ def add_train_config_options(parser: argparse.ArgumentParser, defaults: str = "t
                             help=f"{f.metadata.get('help', '')} (default: {defaults})")
 
 
+def train_config_overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given on the command line (options left out keep the preset's)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+
+
 def train(args: argparse.Namespace) -> None:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+    overrides = train_config_overrides(args)
     preset = args.preset or (None if args.resume else "tiny")
     if preset is not None and preset not in PRESETS:  # before anything is created on disk
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -135,8 +140,7 @@ def finetune(args: argparse.Namespace) -> None:
     from mlxllm.lora import apply_lora, save_adapters
 
     started = time.perf_counter()
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+    overrides = train_config_overrides(args)
     config = sft.finetune_config(**overrides)
     if config.dtype != "float32" or config.checkpoint_every or config.save != "last":
         raise ValueError("finetune trains float32 adapters over the model as loaded and saves them at the end; "
@@ -195,9 +199,7 @@ def finetune(args: argparse.Namespace) -> None:
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     path = Path(args.results) if args.results else out / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(report, indent=1) + "\n")
     print(f"results in {path}")
 
 

@@ -171,9 +171,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def encode_text(tokenizer, text: str) -> list[int]:
     """Encode a whole corpus; special tokens written in it (``<|endoftext|>``) become their ids."""
-    if getattr(tokenizer, "special_tokens", None):
-        return tokenizer.encode(text, allowed_special="all")
-    return tokenizer.encode(text)
+    return tokenizer.encode(text, allowed_special="all")  # every tokenizer takes it (TokenizerProtocol)
 
 
 def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True) -> np.ndarray:
@@ -243,9 +241,10 @@ def build_tokenizer(spec: str, text: str):
     raise ValueError(f"unknown tokenizer {spec!r}; use {TOKENIZER_SPECS} (VOCAB_SIZE >= 256)")
 
 
-def describe_corpus(source: str | Path) -> dict:
-    """What a run trains on: the corpus's name (or absolute path) and the sha256 of its bytes."""
-    path = corpus_path(source)
+def describe_corpus(source: str | Path, path: Path | None = None) -> dict:
+    """What a run trains on: the corpus's name (or absolute path) and the sha256 of its bytes
+    (``path``: the file ``source`` was already resolved to)."""
+    path = path or corpus_path(source)
     name = source if isinstance(source, str) and source in CORPORA else str(path.resolve())
     return {"corpus": name, "corpus_sha256": sha256_of(path)}
 
@@ -262,9 +261,10 @@ class PreparedCorpus:
 
 def prepare_corpus(source: str | Path, tokenizer, val_fraction: float = 0.1) -> PreparedCorpus:
     """corpus → tokenizer (a spec such as ``"char"``, or a tokenizer) → cached ids → train/validation split."""
-    described = describe_corpus(source)
+    path = corpus_path(source)  # found (and, for a named corpus, verified) once
+    described = describe_corpus(source, path)
     spec = tokenizer if isinstance(tokenizer, str) else f"{type(tokenizer).__name__} (given)"
     if isinstance(tokenizer, str):
-        tokenizer = build_tokenizer(tokenizer, corpus_path(source).read_text(encoding="utf-8"))
-    train_ids, val_ids = split_ids(tokenize_corpus(source, tokenizer), val_fraction)
+        tokenizer = build_tokenizer(tokenizer, path.read_text(encoding="utf-8"))
+    train_ids, val_ids = split_ids(tokenize_corpus(path, tokenizer), val_fraction)
     return PreparedCorpus(train_ids, val_ids, tokenizer, {**described, "tokenizer": spec})

@@ -64,7 +64,7 @@ class SamplingConfig:
                              "(argmax), which has no distribution to return")
         logits = logits.astype(mx.float32) / self.temperature  # (..., V)
         if self.top_k is not None and self.top_k < logits.shape[-1]:
-            kth_largest = mx.sort(logits, axis=-1)[..., -self.top_k, None]  # (..., 1)
+            kth_largest = mx.partition(logits, -self.top_k, axis=-1)[..., -self.top_k, None]  # (..., 1)
             logits = mx.where(logits >= kth_largest, logits, -mx.inf)
         if self.top_p is not None and self.top_p < 1.0:
             sorted_logits = mx.sort(logits, axis=-1)[..., ::-1]  # most likely first
@@ -111,9 +111,6 @@ _generation_stream = mx.new_thread_local_stream(mx.default_device())
 
 # Decode with one compiled step over a StaticKVCache (True) or with the plain KVCache path of Chapter 3 (False);
 # both give the same tokens. The benchmarks time both (benchmarks/bench_generate.py).
-COMPILED_DECODE = True
-
-
 def generate(
     model: TransformerLM,
     prompt_ids: Iterable[int],
@@ -127,6 +124,7 @@ def generate(
     seed: int | None = None,
     key: mx.array | None = None,
     stop_ids: Iterable[int] = (),
+    compiled: bool = True,
 ) -> Iterator[int]:
     """Yield new token ids one at a time: prefill the prompt once, then decode with the KV cache.
 
@@ -134,7 +132,8 @@ def generate(
     ``max_new_tokens`` or when a ``stop_ids`` token is drawn (it is not yielded). Generation may run past
     ``model.config.context_length``: the model then sees the last context_length tokens, as nanoGPT's
     sampler does. ``seed`` or ``key`` make sampling reproducible. Arguments are checked when ``generate``
-    is called, before the first token is asked for. Built in Chapter 5.
+    is called, before the first token is asked for. ``compiled=False`` decodes through the plain
+    ``KVCache`` path (the compiled step gives the same tokens). Built in Chapter 5.
     """
     if isinstance(prompt_ids, (str, bytes)):
         raise ValueError("prompt_ids must be token ids, not text: pass tokenizer.encode(text)")
@@ -142,7 +141,7 @@ def generate(
     vocab_size, context_length = model.config.vocab_size, model.config.context_length
     if sampler is None:
         sampler = make_sampler(temperature, top_k, top_p, min_p)
-    elif temperature != 1.0 or top_k is not None or top_p is not None or min_p is not None:
+    elif SamplingConfig(temperature, top_k, top_p, min_p) != SamplingConfig():
         raise ValueError("pass either sampler= or the sampling keywords (temperature, top_k, top_p, min_p), not both")
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token id (e.g. a start or newline token)")
@@ -156,11 +155,11 @@ def generate(
     if key is None and seed is not None:
         key = mx.random.key(seed)
     stop = set(int(i) for i in stop_ids)
-    return _decode(model, prompt, max_new_tokens, sampler, stop, key)
+    return _decode(model, prompt, max_new_tokens, sampler, stop, key, compiled)
 
 
 def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sampler: Sampler, stop: set[int],
-            key: mx.array | None) -> Iterator[int]:
+            key: mx.array | None, compiled: bool = True) -> Iterator[int]:
     """The generator behind ``generate``, for arguments already checked.
 
     The prompt goes through the plain path (``KVCache``); every later token through one compiled step over a
@@ -173,7 +172,7 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
         return
     context_length = model.config.context_length
     # the compiled step has no dropout: a model left in training mode with dropout takes the plain path
-    compiled = COMPILED_DECODE and not (model.training and model.config.dropout > 0)
+    compiled = compiled and not (model.training and model.config.dropout > 0)
     history = list(prompt)  # every token handed out so far (prompt included), to rebuild a slid window
 
     def choose(logits: mx.array) -> mx.array:

@@ -18,6 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mlxllm.tokenizer.files import write_atomic
+
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")
 TARGETS = ATTENTION + FFN  # what targets="all" means
@@ -167,7 +169,7 @@ def save_adapters(model: nn.Module, path: str | Path, **extra) -> Path:
               "targets": sorted({p.rsplit(".", 1)[1] for p, _ in layers}, key=TARGETS.index),
               "layers": len(model.blocks) - blocks[0], "n_blocks": len(model.blocks), **extra}
     _atomic(folder / ADAPTER_WEIGHTS, lambda tmp: mx.save_safetensors(tmp, adapter_arrays(model)))
-    _atomic(folder / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    write_atomic(folder / ADAPTER_CONFIG, json.dumps(config, indent=2))
     return folder
 
 

@@ -14,6 +14,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlxllm.optimizer import make_optimizer
+from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import IGNORE, TrainConfig, Trainer
 
 ROLES = ("system", "user", "assistant")
@@ -57,10 +58,7 @@ def load_jsonl(path: str | Path) -> list[list[dict]]:
 
 def write_jsonl(conversations: list[list[dict]], path: str | Path) -> None:
     """One ``{"messages": [...]}`` per line, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps({"messages": m}) + "\n" for m in conversations))
 
 
 def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
@@ -152,7 +150,7 @@ def greedy_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: int
         tokens.append(mx.where(finished, -1, token))
         if finished.all().item():
             break
-        logits = model(token[:, None], cache=cache)[:, -1]
+        logits = model(token[:, None], cache=cache, check_ids=False)[:, -1]  # argmax ids: in range
     columns = np.array(mx.stack(tokens, axis=1)) if tokens else np.zeros((len(prompts), 0), np.int64)
     return [[int(t) for t in row[: (list(row) + [-1]).index(-1)]] for row in columns]
 

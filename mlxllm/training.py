@@ -367,10 +367,12 @@ class Trainer:
         trainer = cls(model, train_config, train_ids, val_ids, optimizer,
                       checkpoint.load_checkpoint_tokenizer(folder, manifest), manifest.get("source") or {},
                       state["step"], mx.array(state["batch_key"], dtype=mx.uint32), metrics)
-        if train_config.save == "best" and manifest.get("best") and manifest["best"]["step"] != trainer.step:
+        # the best parameters are known only where the run kept them: model.safetensors beside a newer
+        # latest.safetensors, or the current model when it was the best (a "last" run never kept them)
+        if train_config.save == "best" and state.get("resume_from") == "latest.safetensors":
             best = checkpoint.read_arrays(folder, manifest, "model.safetensors")
             trainer.best_parameters = tree_unflatten(list(best.items()))
-        elif train_config.save == "best" and manifest.get("best"):
+        elif train_config.save == "best" and manifest["train"].get("save") == "best" and manifest.get("best"):
             trainer.best_parameters = trainer.model.parameters()
         if (saved_size := state.get("world_size", 1)) != trainer.group.size():
             warnings.warn(f"{folder} was written by a run over {saved_size} rank(s) and resumes over "

@@ -235,3 +235,21 @@ def test_a_folder_in_use_by_a_live_run_is_refused_and_a_stale_lock_is_taken_over
             with run_lock(tmp_path):
                 pass
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_checkpoint_without_a_tokenizer_loads_through_load_pretrained(tmp_path):
+    from mlxllm import load_pretrained
+
+    trainer = Trainer.create(MODEL, small_config(steps=2), TRAIN, VAL)  # no tokenizer
+    trainer.run(out=tmp_path, progress=False)
+    model, tokenizer = load_pretrained(tmp_path)
+    assert tokenizer is None
+    assert_same(parameters(model), parameters(trainer.model))
+
+
+def test_resuming_a_last_run_with_save_best_does_not_call_the_latest_model_the_best(tmp_path):
+    trainer = Trainer.create(MODEL, small_config(save="last"), TRAIN, VAL, TOKENIZER)
+    trainer.run(out=tmp_path, progress=False)
+    resumed = Trainer.resume(tmp_path, TRAIN, VAL, small_config(save="best"))
+    # the "last" run never kept its best parameters: they are unknown, not the final ones
+    assert resumed.best_parameters is None

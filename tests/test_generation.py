@@ -314,15 +314,7 @@ def test_generate_refuses_text_in_place_of_ids():
 
 def generate_both(model: TransformerLM, prompt: list[int], n: int, **kwargs) -> tuple[list[int], list[int]]:
     """(tokens from the compiled decode step, tokens from the plain KVCache path), same arguments."""
-    import mlxllm.generation
-
-    compiled = list(generate(model, prompt, n, **kwargs))
-    mlxllm.generation.COMPILED_DECODE = False
-    try:
-        plain = list(generate(model, prompt, n, **kwargs))
-    finally:
-        mlxllm.generation.COMPILED_DECODE = True
-    return compiled, plain
+    return list(generate(model, prompt, n, **kwargs)), list(generate(model, prompt, n, compiled=False, **kwargs))
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

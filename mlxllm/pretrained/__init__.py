@@ -12,11 +12,14 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlxllm.checkpoint import is_checkpoint, load_model
 from mlxllm.model import TransformerLM
 from mlxllm.pretrained.families import FAMILIES, Family
 from mlxllm.pretrained.gguf import model_from_gguf, read_gguf
 from mlxllm.pretrained.hf import (checkpoint_folder, config_from_hf, config_to_hf, dtype_of, model_from_hf,
                                   weights_from_hf, weights_to_hf, write_hf_folder)
+from mlxllm.tokenizer.gguf import tokenizer_from_gguf
+from mlxllm.tokenizer.hf import tokenizer_from_hf
 
 # short name → (package, file inside it, the pip command that installs it)
 SHORT_NAMES = {
@@ -59,36 +62,21 @@ def load_pretrained(path_or_name: str | Path, dtype: mx.Dtype | str | None = Non
     if path.is_file() and path.suffix.lower() == ".gguf":
         tensors, metadata = read_gguf(path)  # checks the file before anything else
         model = model_from_gguf(path, dtype, gguf=(tensors, metadata))
-        from mlxllm.tokenizer.gguf import tokenizer_from_gguf
-
         tokenizer = tokenizer_from_gguf(metadata)
-    elif path.is_dir() and _is_checkpoint(path):  # first: our checkpoints hold a config.json too
-        from mlxllm.checkpoint import load_model
-
-        model, tokenizer = load_model(path)
+    elif path.is_dir() and is_checkpoint(path):  # first: our checkpoints hold a config.json too
+        model, tokenizer = load_model(path)  # the vocabulary was checked when the run was made
         if dtype is not None:
             model.set_dtype(dtype)
-    elif path.is_dir() and (path / "config.json").exists():
-        from mlxllm.tokenizer.hf import tokenizer_from_hf
-
-        model, tokenizer = model_from_hf(path, dtype), tokenizer_from_hf(path)
-    elif path.exists():
+        return model, tokenizer
+    elif path.exists() and not (path.is_dir() and (path / "config.json").exists()):
         raise ValueError(f"{path} holds no model: pass a .gguf file, a Hugging Face folder (config.json + "
                          "safetensors), a training checkpoint folder, a Hub id or a short name such as "
                          f"{next(iter(SHORT_NAMES))!r}")
     else:
-        folder = checkpoint_folder(path_or_name)  # a Hub id, downloaded; anything else is refused there
-        from mlxllm.tokenizer.hf import tokenizer_from_hf
-
+        folder = checkpoint_folder(path_or_name)  # a folder as it is; a Hub id, downloaded; else refused
         model, tokenizer = model_from_hf(folder, dtype), tokenizer_from_hf(folder)
     _check_vocab(model, tokenizer, path_or_name)
     return model, tokenizer
-
-
-def _is_checkpoint(path: Path) -> bool:
-    from mlxllm.checkpoint import is_checkpoint
-
-    return is_checkpoint(path)
 
 
 def save_pretrained(model: TransformerLM, tokenizer, path: str | Path) -> Path:

@@ -19,7 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.config import ModelConfig
-from mlxllm.model import TransformerLM
+from mlxllm.model import QUANTIZED, TransformerLM
 from mlxllm.pretrained.families import FAMILIES, family_for_model_type, rename
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -242,7 +242,7 @@ def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> Tr
 
 def _quantization(model: TransformerLM) -> dict | None:
     """config.json's "quantization" entry (mlx-lm's convention) for a quantized model, else None."""
-    layouts = {(m.group_size, m.bits) for _, m in model.named_modules() if hasattr(m, "group_size")}
+    layouts = {(m.group_size, m.bits) for _, m in model.named_modules() if isinstance(m, QUANTIZED)}
     if not layouts:
         return None
     if len(layouts) > 1 or model.config.family != "llama":
@@ -255,17 +255,19 @@ def _quantization(model: TransformerLM) -> dict | None:
 def write_hf_folder(model: TransformerLM, tokenizer, path: str | Path) -> Path:
     """Write config.json, model.safetensors and the tokenizer files into ``path``, replacing an older
     checkpoint there (its index and shards are removed, so nothing stale is read back). Built in Chapter 7."""
-    from mlxllm.tokenizer.hf import save_hf_tokenizer
+    from mlxllm.tokenizer.hf import save_hf_tokenizer, special_token_ids
 
     hf = config_to_hf(model.config)
+    quantization = _quantization(model)  # may refuse: before anything is written
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     weights = weights_to_hf(dict(tree_flatten(model.parameters())), model.config)
-    hf["torch_dtype"] = str(next(iter(weights.values())).dtype).removeprefix("mlx.core.")
-    if quantization := _quantization(model):  # mlx-lm quantizes exactly the layers that have .scales
+    stored = next(v.dtype for k, v in weights.items()  # not a packed 4-bit word, not a group scale
+                  if mx.issubdtype(v.dtype, mx.floating) and not k.endswith((".scales", ".biases")))
+    hf["torch_dtype"] = str(stored).removeprefix("mlx.core.")
+    if quantization:  # mlx-lm quantizes exactly the layers that have .scales
         hf["quantization"] = quantization
-    if (end := tokenizer.special_tokens.get("<|endoftext|>")) is not None:
-        hf.update(bos_token_id=end, eos_token_id=end)
+    hf.update(special_token_ids(tokenizer))
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:  # everything is written aside first; a failure leaves the old folder as it was
         (staging / "config.json").write_text(json.dumps(hf, indent=2) + "\n")

@@ -66,8 +66,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer | CharTokenizer:
         if isinstance(kind, dict) and kind.get("type") == "char":
             return CharTokenizer.load(path)
         if isinstance(kind, dict) and "model" in kind:
-            from .hf import tokenizer_from_json
+            from .hf import tokenizer_from_spec
 
-            return tokenizer_from_json(path)
+            return tokenizer_from_spec(kind, path)
     raise ValueError(f"{path} is not a tokenizer file: expected our BPE format ({MAGIC!r}), a character "
                      "tokenizer ({\"type\": \"char\"}), a tokenizer.json or a Hugging Face folder")

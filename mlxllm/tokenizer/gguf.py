@@ -65,7 +65,7 @@ def tokenizer_from_gguf(metadata: dict) -> Tokenizer:
     eos_ids += chat.end_of_turn_ids(template, special_tokens)
     return tokenizer_from_vocab(
         vocab, merges, special_tokens, PRE_TOKENIZERS[pre], "GGUF metadata",
-        eos_token_ids=list(dict.fromkeys(eos_ids)),
+        eos_token_ids=eos_ids,
         chat_template=template if isinstance(template, str) else None,
         bos_token=None if ends["bos"] is None else tokens[ends["bos"]],
         eos_token=None if ends["eos"] is None else tokens[ends["eos"]],

@@ -7,7 +7,7 @@ GPT-2's byte -> printable character map; its pre-tokenizer becomes one of our sp
 import json
 from pathlib import Path
 
-from . import chat
+from . import chat, files
 from .bpe import Tokenizer
 from .files import gpt2_byte_to_unicode, write_atomic
 from .patterns import GPT2_DIGITS_SPLIT_PATTERN, GPT2_SPLIT_PATTERN
@@ -85,14 +85,15 @@ def tokenizer_from_json(path: str | Path, **settings) -> Tokenizer:
     Added tokens become special tokens. Normalizers and SentencePiece-style tokenizers are refused with
     ValueError. `settings` (eos_token_ids, chat_template, ...) go to the Tokenizer.
     """
-    return _tokenizer_from_spec(_read_json(Path(path)), path, **settings)
+    return tokenizer_from_spec(_read_json(Path(path)), path, **settings)
 
 
 def _added_tokens(spec: dict) -> dict[str, int]:
     return {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
 
 
-def _tokenizer_from_spec(spec: dict, path, **settings) -> Tokenizer:
+def tokenizer_from_spec(spec: dict, path, **settings) -> Tokenizer:
+    """``tokenizer_from_json`` for an already parsed tokenizer.json (``path`` names it in errors)."""
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
         raise ValueError(f"{path}: tokenizer model {model.get('type')!r} is not supported (only byte-level BPE; "
@@ -123,7 +124,8 @@ def tokenizer_to_json(tokenizer: Tokenizer) -> dict:
         pre_tokenizer = {"type": "Sequence", "pretokenizers": [split, {**byte_level, "use_regex": False}]}
     byte_to_char = gpt2_byte_to_unicode()
     specials = tokenizer.special_tokens
-    as_text = {i: "".join(byte_to_char[b] for b in token) for i, token in tokenizer.vocab.items() if i not in specials.values()}
+    special_ids = set(specials.values())
+    as_text = {i: "".join(byte_to_char[b] for b in token) for i, token in tokenizer.vocab.items() if i not in special_ids}
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
@@ -171,7 +173,7 @@ def folder_settings(folder: str | Path, special_tokens: dict[str, int]) -> dict:
         eos_ids.append(special_tokens[eos_token])
     eos_ids += chat.end_of_turn_ids(template, special_tokens)
     return dict(chat_template=template, bos_token=bos_token, eos_token=eos_token,
-                eos_token_ids=list(dict.fromkeys(eos_ids)))
+                eos_token_ids=eos_ids)
 
 
 def tokenizer_from_hf(folder: str | Path) -> Tokenizer:
@@ -181,13 +183,13 @@ def tokenizer_from_hf(folder: str | Path) -> Tokenizer:
     if (folder / "tokenizer.json").exists():
         spec = _read_json(folder / "tokenizer.json")
         settings = folder_settings(folder, _added_tokens(spec))
-        return _tokenizer_from_spec(spec, folder / "tokenizer.json", **settings)
+        return tokenizer_from_spec(spec, folder / "tokenizer.json", **settings)
     if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
-        plain = Tokenizer.from_gpt2_files(folder / "vocab.json", folder / "merges.txt")
-        settings = folder_settings(folder, plain.special_tokens)
+        byte_ids, merges, specials = files.read_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+        settings = folder_settings(folder, specials)
         try:
-            return Tokenizer(plain.merge_ids, pattern=plain.pattern, special_tokens=plain.special_tokens,
-                             byte_ids=plain.byte_ids, **settings)
+            return Tokenizer(merges, pattern=GPT2_SPLIT_PATTERN, special_tokens=specials, byte_ids=byte_ids,
+                             **settings)
         except ValueError as error:
             raise ValueError(f"{folder}: {error}") from None
     raise FileNotFoundError(f"no tokenizer in {folder}: expected tokenizer.json, or vocab.json + merges.txt")
@@ -216,5 +218,3 @@ def save_hf_tokenizer(tokenizer: Tokenizer, folder: str | Path, context_length: 
         config["chat_template"] = tokenizer.chat_template
     write_atomic(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
-
-save_tokenizer = save_hf_tokenizer  # the name weights.py used

@@ -104,9 +104,11 @@ class Splitter:
         """All chunks of `text`, in order; joined they give back `text`."""
         if self.ascii is not None and text.isascii():
             return self.ascii.findall(text)
+        if self.covering and self.plain:  # the built-in patterns match every character: no gaps
+            return self.compiled.findall(text)
         if self.plain:
             chunks = self.compiled.findall(text)
-            if sum(map(len, chunks)) == len(text):  # the matches cover the text (always, for _COVERING)
+            if sum(map(len, chunks)) == len(text):  # these matches happen to cover the text
                 return chunks
         return list(_with_gaps(self.compiled, text))
 
