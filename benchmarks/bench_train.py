@@ -5,7 +5,8 @@
     python benchmarks/bench_train.py --preset shakespeare-char --bf16     # on a GPU: nanoGPT's GPU shapes
 
 Peers, all on the same shapes with AdamW, clipping at 1.0 and a fresh random batch per step:
-  mlxllm      Trainer.train_step(): compiled step + batches + schedule + diagnostics + NaN check
+  mlxllm      Trainer.steps(n), the loop `mlxllm train` runs: compiled step + batches + schedule + diagnostics
+              + NaN check, step k + 1 queued before step k's loss is read
   uncompiled  the same step function without mx.compile
   minimal     the idiom written directly with mlx.nn: value_and_grad → clip → AdamW → mx.compile → mx.eval
   mixed-bf16  mlxllm's step with dtype="mixed-bfloat16" (bf16 compute, float32 weights and AdamW state), with --bf16
@@ -51,9 +52,14 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
+def repeat(step):
+    """``run(n)``: ``n`` calls of a one-step function; returns the last loss."""
+    return lambda n: [step() for _ in range(n)][-1]
+
+
 def mlxllm_runner(config: ModelConfig, train_config, ids):
     trainer = Trainer.create(config, train_config, ids, ids)
-    return trainer.train_step
+    return lambda n: list(trainer.steps(n))[-1]
 
 
 def uncompiled_runner(config: ModelConfig, train_config, ids):
@@ -66,7 +72,7 @@ def uncompiled_runner(config: ModelConfig, train_config, ids):
         mx.eval(loss, rest, trainer.model.state, trainer.optimizer.state)
         return loss.item()
 
-    return run
+    return repeat(run)
 
 
 def minimal_runner(config: ModelConfig, train_config, ids):
@@ -98,7 +104,7 @@ def minimal_runner(config: ModelConfig, train_config, ids):
         mx.eval(loss, state)
         return loss.item()
 
-    return run
+    return repeat(run)
 
 
 def pytorch_runner(config: ModelConfig, train_config, ids):
@@ -160,7 +166,7 @@ def pytorch_runner(config: ModelConfig, train_config, ids):
         optimizer.step()
         return loss.item()
 
-    return run
+    return repeat(run)
 
 
 def torch_device():
@@ -202,15 +208,13 @@ def main() -> None:
 
     steps = {name: make(config, train_config, ids if name != "pytorch" else np.array(ids)) for name, make in runners.items()}
     for name, run in steps.items():  # warm up: compile, allocate, first-touch memory
-        for _ in range(2):
-            assert math.isfinite(run()), name
+        assert math.isfinite(run(2)), name
     wall = {name: [] for name in steps}
     cpu = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, run in steps.items():
             start_wall, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(args.steps):
-                run()
+            run(args.steps)
             wall[name].append((time.perf_counter() - start_wall) / args.steps)
             cpu[name].append((time.process_time() - start_cpu) / args.steps)
 

@@ -62,7 +62,8 @@ PRESETS: dict[str, Preset] = {
         "nanoGPT's GPU shakespeare-char run: 6 layers, 6 heads, 384 dims, context 256, batch 64, dropout 0.2",
         "gpt2", dict(context_length=256, dims=384, n_layers=6, n_heads=6, dropout=0.2, **_NANOGPT),
         TrainConfig(steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup=100, beta2=0.99,
-                    eval_interval=250, eval_batches=200, checkpoint_every=250, save="best"),  # nanoGPT keeps the best
+                    eval_interval=250, eval_batches=200, checkpoint_every=250, save="best", patience=5),
+        # nanoGPT keeps the best checkpoint; past it the model only overfits, so stop 5 evaluations later
     ),
     "llama-bpe": Preset(
         "a small LLaMA (RoPE, RMSNorm, SwiGLU, 8 heads / 2 KV heads), 4 layers × 256 dims, BPE 2048, context 256",

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -243,7 +243,7 @@ def estimate_loss(model: nn.Module, ids: mx.array, config: TrainConfig, key: mx.
             get_batch(ids, config.batch_size, context, batch_key)
         inputs, targets = (shard_rows(b, group) for b in batch)
         losses.append(all_mean(token_loss(rows)(model(inputs, check_ids=False), targets), group))
-        mx.eval(losses[-1])
+        mx.async_eval(losses[-1])  # queued: the device works through the batches while Python builds the next
     model.train(was_training)
     return mx.stack(losses).mean().item()  # one host read per evaluation
 
@@ -389,10 +389,11 @@ class Trainer:
         """(A, B, T) inputs and targets for one optimizer step, from the next split of ``batch_key``.
 
         The step's dropout randomness is derived from the same key (MLX's global random state is set
-        from it), so ``batch_key`` alone determines every random draw of the rest of the run.
+        from it), so ``batch_key`` alone determines every random draw of the rest of the run. The keys
+        are split on the CPU stream: reading the dropout seed then never waits for queued GPU work.
         """
         c = self.config
-        self.batch_key, key, dropout_key = mx.random.split(self.batch_key, 3)
+        self.batch_key, key, dropout_key = mx.random.split(self.batch_key, 3, stream=mx.cpu)
         high, low = dropout_key.tolist()
         mx.random.seed((high << 32 | low) ^ self.group.rank())  # key(high·2³² + low) == dropout_key (on rank 0)
         if self.rows:
@@ -408,24 +409,51 @@ class Trainer:
         Gradient norm and learning rate stay on the device until ``flush_metrics`` reads them all at once;
         every ``DIAGNOSTICS_EVERY`` steps the update:data ratios are measured and the metrics flushed.
         """
+        return self._finish(self._launch(self.step + 1))
+
+    def steps(self, n: int) -> Iterator[float]:
+        """Run ``n`` optimizer steps, yielding each loss; step k + 1 is queued before step k's loss is read,
+        so the device never waits for Python. Closing the generator early finishes the queued step."""
+        launched = self._launch(self.step + 1) if n > 0 else None
+        try:
+            for i in range(n):
+                following = self._launch(launched[0] + 1) if i + 1 < n else None
+                loss = self._finish(launched)
+                launched = following
+                yield loss
+        finally:
+            if launched is not None:  # the model already holds the queued step's state: record it too
+                self._finish(launched)
+
+    def _launch(self, step: int) -> tuple:
+        """Queue optimizer step number ``step`` on the device (``mx.async_eval``) and return its outputs.
+
+        From here on the model and optimizer hold that step's (lazy) state; ``_finish`` reads its loss.
+        ``run`` launches step n + 1 before it reads step n's loss, so the device never waits for Python.
+        """
         if self._step_fns is None:  # traced lazily: after a resume, against the restored state
             self._step_fns = [make_train_step(self.model, self.optimizer, self.config, diagnostics=d,
                                               masked=self.rows) for d in (False, True)]
-        with_diagnostics = (self.step + 1) % self.DIAGNOSTICS_EVERY == 0
+        with_diagnostics = step % self.DIAGNOSTICS_EVERY == 0
         inputs, targets = self.next_batch()
         loss, grad_norm, lr, *ratios = self._step_fns[with_diagnostics](inputs, targets)
         # the one evaluation per step: the outputs and every piece of state the next step reads
-        mx.eval(loss, grad_norm, lr, ratios, self.model.state, self.optimizer.state, self.batch_key)
+        mx.async_eval(loss, grad_norm, lr, ratios, self.model.state, self.optimizer.state, self.batch_key)
+        return step, loss, grad_norm, lr, ratios
+
+    def _finish(self, launched: tuple) -> float:
+        """Wait for a launched step's loss, check it, and record the step's metrics; returns the loss."""
+        step, loss, grad_norm, lr, ratios = launched
         loss = loss.item()
         if not math.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss} at step {self.step + 1}; training stopped and the "
+            raise TrainingDiverged(f"the loss became {loss} at step {step}; training stopped and the "
                                    "last good checkpoint was kept. Try a lower learning rate, a longer warmup, "
                                    "gradient clipping, or float32")
-        self.step += 1
+        self.step = step
         self.metrics["step"].append(self.step)
         self.metrics["loss"].append(round(loss, 6))
         self._pending.append((grad_norm, lr))
-        if with_diagnostics:
+        if ratios:
             m = self.metrics["update_ratio"]
             m["step"] = m.get("step", []) + [self.step]
             for group, ratio in zip(parameter_groups(self.model), ratios[0].tolist()):
@@ -510,19 +538,24 @@ class Trainer:
             losses = self.evaluate()  # the starting point (step 0)
         self.stopped_early = False
         with self._stop_on_signals():
-            while self.step < until:
-                loss = self.train_step()
-                rate = (self.step - start_step) / (time.perf_counter() - started)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate * self.tokens_per_step:,.0f}", refresh=False)
+            while self.step < until and not self.stopped_early and self._stop_signal is None:
+                # the next evaluation or checkpoint: the model must be exactly there, so the steps up to
+                # it run back to back and nothing is queued past it
+                end = min(until, (self.step // c.eval_interval + 1) * c.eval_interval,
+                          (self.step // c.checkpoint_every + 1) * c.checkpoint_every if c.checkpoint_every else until)
+                with contextlib.closing(self.steps(end - self.step)) as steps:  # closed: nothing left queued
+                    for loss in steps:
+                        rate = (self.step - start_step) / (time.perf_counter() - started)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate * self.tokens_per_step:,.0f}",
+                                        refresh=False)
+                        if self._stop_signal is not None:
+                            break  # closing the generator finishes the step already queued
                 if self.step % c.eval_interval == 0 or self.step == until:  # before saving: checkpoints include it
                     losses = self.evaluate()
-                    if c.patience and self.evaluations_without_improvement() >= c.patience:
-                        self.stopped_early = True
-                        break
-                if self._stop_signal is not None:
-                    break
-                if main and out is not None and c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                    self.stopped_early = bool(c.patience) and self.evaluations_without_improvement() >= c.patience
+                if main and out is not None and c.checkpoint_every and self.step % c.checkpoint_every == 0 \
+                        and self._stop_signal is None and not self.stopped_early:
                     self.save(out)
         bar.close()
         if self._stop_signal is not None:

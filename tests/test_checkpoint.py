@@ -197,15 +197,15 @@ def test_sigint_stops_after_the_step_with_a_resumable_checkpoint(tmp_path, monke
     straight = Trainer.create(MODEL, config, TRAIN, VAL, TOKENIZER)
     straight.run(progress=False)
     trainer = Trainer.create(MODEL, config, TRAIN, VAL, TOKENIZER)
-    step = trainer.train_step
+    launch = trainer._launch
 
-    def step_then_signal():
-        loss = step()
-        if trainer.step == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, in the middle of the run
-        return loss
+    def launch_then_signal(step):
+        launched = launch(step)
+        if step == 3:  # as Ctrl-C would, while step 3 runs on the device (step 2 not yet read)
+            os.kill(os.getpid(), signal.SIGINT)
+        return launched
 
-    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(trainer, "_launch", launch_then_signal)
     with pytest.raises(TrainingInterrupted, match="SIGINT at step 3; the checkpoint in .* is resumable"):
         trainer.run(out=tmp_path, progress=False)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back

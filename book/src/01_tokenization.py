@@ -24,7 +24,6 @@
 
 # %%
 import html
-import inspect
 import os
 import sys
 import tempfile
@@ -34,9 +33,9 @@ import matplotlib.pyplot as plt
 import regex
 from IPython.display import HTML, display
 
-import mlxllm
 from mlxllm import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer
 from mlxllm.data import get_path
+from mlxllm.tokenizer.train import train_merges
 
 shakespeare = Path(get_path("tinyshakespeare")).read_text(encoding="utf-8")
 n_bytes = len(shakespeare.encode("utf-8"))
@@ -318,10 +317,26 @@ print(f"{n_chunks:,} chunks, {len(chunk_counts):,} distinct; most common:",
 print(f"' the' occurs {chunk_counts[' the']:,} times: one distinct chunk, that weight")
 
 # %% [markdown]
-# Here is the package's source (`count_chunks`, in the same module, builds that table):
+# The package's trainer is `train_merges` in `mlxllm/tokenizer/train.py`
+# (`count_chunks`, in the same module, builds the table of distinct chunks). It takes
+# that table, not the text. On §1.2's tiny sentence, 13 chunks are 8 distinct ones, and
+# the first merge, `'a'` + `'t'`, is counted with the chunks' weights: `' cat'` and
+# `' sat'` twice each, `' mat'` and `' hat'` once, 6 in all:
 
 # %%
-print(inspect.getsource(mlxllm.tokenizer.train.train_merges))
+tiny_chunks = regex.findall(GPT4_SPLIT_PATTERN, tiny)
+tiny_counts = Counter(chunk.encode("utf-8") for chunk in tiny_chunks)
+print(f"{sum(tiny_counts.values())} chunks, {len(tiny_counts)} distinct:",
+      dict(tiny_counts))
+fast_vocab = {i: bytes([i]) for i in range(256)}  # train_merges extends it in place
+fast_merges = train_merges(tiny_counts, 6, fast_vocab)
+print("merges (left id, right id, new id):", fast_merges)
+print("new tokens:", [fast_vocab[new].decode() for _, _, new in fast_merges])
+weighted = sum(n * chunk.count(b"at") for chunk, n in tiny_counts.items())
+assert fast_merges[0] == (ord("a"), ord("t"), 256) and weighted == 6
+# the same merges as the plain algorithm, which recounts all 13 chunks every time
+fast_pairs = [(fast_vocab[a], fast_vocab[b]) for a, b, _ in fast_merges]
+assert fast_pairs == train_by_hand(tiny, 6, GPT4_SPLIT_PATTERN)
 
 # %% [markdown]
 # The fast trainer must give exactly the merges of the plain one. We check it on a slice
@@ -424,7 +439,8 @@ plt.show()
 # The first few hundred merges (common letter pairs, frequent short words) give most of
 # the gain; later merges make whole rarer words and help less and less. A bigger
 # vocabulary also makes the model's embedding and output layers bigger (`V × C` each,
-# Chapters 2 and 5): that is the trade-off.
+# Chapters [2](02_embedding.ipynb) and [5](05_next_token_prediction.ipynb)): that is the
+# trade-off.
 #
 # ## 1.9 GPT-2's real tokenizer, checked against tiktoken
 #
@@ -495,10 +511,10 @@ print(f"our 4,096-token tokenizer on the held-out part: {ours_bpt:.2f} bytes/tok
 # trainer beats the recount by far.
 #
 # The full runs (`python benchmarks/bench_tokenizer.py`: best of 3, CPU time, one
-# thread), recorded in `benchmarks/README.md` for a shared 2-core x86 Linux machine, put
-# the package's training at **0.66–0.81× the time of HF tokenizers** and at least
-# **2,000× faster than the naive recount**, and its GPT-2 encoding at **1.98–2.29×
-# tiktoken's time cold and 0.91–1.04× warm**. A single quick run is noisier: on a busy
+# thread) are recorded with their date and machine in `benchmarks/README.md`: there the
+# package trains faster than HF tokenizers and orders of magnitude faster than the
+# naive recount, and encodes with GPT-2's rules slower than tiktoken when cold and about
+# as fast when warm. A single quick run, like the one below, is noisier: on a busy
 # machine it can land on either side of HF's time. Pure Python gets there by doing less
 # work: distinct chunks, incremental counts, and a cache of chunk → ids that makes most
 # chunks a single dictionary lookup.
@@ -622,4 +638,4 @@ print("decode_merges([258, 101, 114]) ->", repr(decode_merges([258, 101, 114],
 # - **GPT-2's real tokenizer** from its two files, **equal to tiktoken** on all of
 #   Shakespeare; GPT-4 and GPT-4o rank files too; a readable, versioned save format.
 #
-# Next, Chapter 2 turns these ids into vectors.
+# Next, [Chapter 2](02_embedding.ipynb) turns these ids into vectors.

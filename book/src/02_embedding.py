@@ -6,16 +6,17 @@
 #                           ^^^^^^^^^
 # ```
 #
-# Chapter 1 turned text into a list of integers. A neural network cannot do much with
-# the integer 1,337 as a *number* (token 1,337 is not "bigger" than token 12), so the
-# first layer of every language model replaces each id by a learned vector of `C`
-# numbers. That is the **token embedding**.
+# [Chapter 1](01_tokenization.ipynb) turned text into a list of integers. A neural
+# network cannot do much with the integer 1,337 as a *number* (token 1,337 is not
+# "bigger" than token 12), so the first layer of every language model replaces each id
+# by a learned vector of `C` numbers. That is the **token embedding**.
 #
 # Then comes a surprise: the layer that does all the mixing between tokens, attention,
 # does not know in which order the tokens came. We prove it, and then add **positional
 # information** in the three ways models use: a learned table (GPT-2), a fixed
-# sinusoidal table (the 2017 Transformer) and rotary embeddings (RoPE: LLaMA and nearly
-# every model since), including the two RoPE layouts you meet in real checkpoints.
+# sinusoidal table (the 2017 Transformer {cite:p}`vaswani2017attention`) and rotary
+# embeddings (RoPE: LLaMA and nearly every model since), including the two RoPE layouts
+# you meet in real checkpoints.
 #
 # Shapes in this chapter: `B` batch, `T` tokens, `V` vocabulary size, `C` model width,
 # `D` per-head width.
@@ -84,16 +85,17 @@ print("lookup == one-hot @ W (within the float32 tolerance):", True)
 #
 # ## 2.2 Attention alone is blind to order
 #
-# Chapter 3 builds attention in detail; here we only need one fact about it. Each output
-# is a weighted average of all the value vectors, with weights computed from dot
-# products between tokens. Shuffle the input tokens and every dot product is still
-# there, just in shuffled places, so the outputs come out shuffled the same way:
-# attention is **permutation-equivariant**. `attention(x[perm]) == attention(x)[perm]`.
+# [Chapter 3](03_attention.ipynb) builds attention in detail; here we only need one fact
+# about it. Each output is a weighted average of all the value vectors, with weights
+# computed from dot products between tokens. Shuffle the input tokens and every dot
+# product is still there, just in shuffled places, so the outputs come out shuffled the
+# same way: attention is **permutation-equivariant**.
+# `attention(x[perm]) == attention(x)[perm]`.
 #
 # We check it with the package's attention layer (random weights; `mask=None`, i.e.
 # every token may look at every other one). The layer reads its sizes from a
-# `ModelConfig` (Chapter 5 builds the whole model from one); here only the width and the
-# number of heads matter.
+# `ModelConfig` ([Chapter 5](05_next_token_prediction.ipynb) builds the whole model from
+# one); here only the width and the number of heads matter.
 
 # %%
 T = 6
@@ -116,10 +118,10 @@ print("attention(x[perm]) == attention(x)[perm]:", True)
 # different slots, get different position vectors, and the equivariance breaks. That is
 # all "positional information" means.
 #
-# (The causal mask of Chapter 3, where each token only sees earlier ones, already leaks
-# some order: a token can count how many tokens it sees. Models without any position
-# embedding do learn from that signal, but explicit positions work better and are what
-# every model family in this book uses.)
+# (The causal mask of [Chapter 3](03_attention.ipynb), where each token only sees
+# earlier ones, already leaks some order: a token can count how many tokens it sees.
+# Models without any position embedding do learn from that signal, but explicit
+# positions work better and are what every model family in this book uses.)
 
 # %%
 positions = 0.5 * mx.random.normal((T, C))  # a vector per slot, shared by the batch
@@ -139,8 +141,8 @@ print("with positions: attention(x[perm] + P) and attention(x + P)[perm] differ 
 # cannot handle position 1,024 because it never had a row for it.
 #
 # `LearnedPositions(T, C)(length, offset)` returns rows `offset … offset + length − 1`;
-# the `offset` is used when decoding with a cache (Chapter 3), where the new token is
-# not at position 0.
+# the `offset` is used when decoding with a cache ([Chapter 3](03_attention.ipynb)),
+# where the new token is not at position 0.
 
 # %%
 learned = LearnedPositions(context_length=16, dims=C)
@@ -154,7 +156,8 @@ assert not mx.array_equal(token_and_position[0, 0], token_and_position[0, 3])
 # %% [markdown]
 # ## 2.4 Sinusoidal positions ("Attention Is All You Need")
 #
-# The 2017 Transformer used a fixed table instead, with nothing to learn:
+# The 2017 Transformer {cite:p}`vaswani2017attention` used a fixed table instead, with
+# nothing to learn:
 #
 # $$PE[t, 2i] = \sin\left(\frac{t}{10000^{2i/C}}\right), \qquad
 #   PE[t, 2i+1] = \cos\left(\frac{t}{10000^{2i/C}}\right).$$
@@ -215,10 +218,10 @@ print("trainable parameters of SinusoidalPositions:",
 # ## 2.5 Rotary position embedding (RoPE): positions as rotations
 #
 # Learned and sinusoidal positions are *added* to the token vector once, at the bottom
-# of the model, and every layer has to untangle "what" from "where". RoPE (Su et al.,
-# 2021) instead encodes position inside every attention layer, in the only place where
-# it matters: the dot product $q \cdot k$ between a query at position $m$ and a key at
-# position $n$.
+# of the model, and every layer has to untangle "what" from "where". RoPE
+# {cite:p}`su2021roformer` instead encodes position inside every attention layer, in the
+# only place where it matters: the dot product $q \cdot k$ between a query at position
+# $m$ and a key at position $n$.
 #
 # Split the `D` features of a query (or key) head into `D/2` pairs and treat each pair
 # as a point in the plane. At position $t$, rotate pair $i$ by the angle $t \, \theta_i$
@@ -263,8 +266,8 @@ plt.show()
 #
 # Which features form a pair is a convention, and there are two in use:
 #
-# - **adjacent pairs** $(x_0, x_1), (x_2, x_3), \dots$: the RoFormer paper and Meta's
-#   original LLaMA code (`traditional=True` in MLX);
+# - **adjacent pairs** $(x_0, x_1), (x_2, x_3), \dots$: the RoFormer paper
+#   {cite:p}`su2021roformer` and Meta's original LLaMA code (`traditional=True` in MLX);
 # - **rotate-half** $(x_0, x_{D/2}), (x_1, x_{D/2+1}), \dots$: Hugging Face's
 #   implementation, and so every checkpoint in Hugging Face format
 #   (`traditional=False`).
@@ -364,8 +367,8 @@ print("curves agree:", spread < 1e-3, "  score range over distances 0..40: "
 # are paired. A trained model has learned its q and k projections for one pairing. Apply
 # the other layout and features that were never meant to rotate together are rotated
 # together: the attention scores change, and the model's output turns to noise. This is
-# why `ModelConfig` has `rope_traditional`, and why loading a checkpoint (Chapter 7)
-# must set it from the checkpoint's origin.
+# why `ModelConfig` has `rope_traditional`, and why loading a checkpoint
+# ([Chapter 7](07_pretrained.ipynb)) must set it from the checkpoint's origin.
 
 # %%
 D = 8
@@ -427,8 +430,9 @@ assert counts["learned"] - counts["rope"] == 64 * 32  # the table: context_lengt
 #
 # **Exercise 2.1 (count).** GPT-2 small has a vocabulary of 50,257 tokens, a context of
 # 1,024 positions and width 768. How many parameters do its token table and its learned
-# position table hold, and what fraction of its 124,439,808 parameters (Chapter 4
-# counts them) is that? Check with `nn.Embedding` and `LearnedPositions`.
+# position table hold, and what fraction of its 124,439,808 parameters
+# ([Chapter 4](04_transformer_block.ipynb) counts them) is that? Check with
+# `nn.Embedding` and `LearnedPositions`.
 
 # %% tags=["hide-input"]
 wte = nn.Embedding(50257, 768)  # MLX is lazy: no random numbers are drawn for .size
@@ -506,4 +510,5 @@ print(f"rows of the {len(unused)} unused tokens are exactly 0; row 3 = g[0, 0] +
 #   on the distance between tokens, and the feature permutation that converts one layout
 #   into the other.
 #
-# Next, Chapter 3 builds the attention layer these vectors flow into.
+# Next, [Chapter 3](03_attention.ipynb) builds the attention layer these vectors flow
+# into.

@@ -6,13 +6,13 @@
 #                                            ^^^^^^^^^ attention
 # ```
 #
-# After Chapter 2 every token is a vector that knows its position, but each vector only
-# knows about its own token. Attention is the one layer where information moves
-# *between* positions: every position builds a **query** ("what am I looking for?"),
-# every position offers a **key** ("what do I contain?") and a **value** ("what do I
-# pass on if chosen"), and each output is a weighted average of the values, weighted by
-# how well the query matches each key. A language model predicts the next token, so
-# position `t` may only read positions `≤ t`: that is the **causal** part.
+# After [Chapter 2](02_embedding.ipynb) every token is a vector that knows its position,
+# but each vector only knows about its own token. Attention is the one layer where
+# information moves *between* positions: every position builds a **query** ("what am I
+# looking for?"), every position offers a **key** ("what do I contain?") and a **value**
+# ("what do I pass on if chosen"), and each output is a weighted average of the values,
+# weighted by how well the query matches each key. A language model predicts the next
+# token, so position `t` may only read positions `≤ t`: that is the **causal** part.
 #
 # We build it three times, each faster than the last and checked against the previous
 # one: with loops, with matrices, and with several heads at once. Then the variants that
@@ -204,19 +204,20 @@ print("batched == loop over heads:", True)
 # `mx.fast.scaled_dot_product_attention`, which never materialises the `(T, T)` score
 # matrix on the GPU. `MultiHeadAttention` holds the four projections as `nn.Linear`
 # layers named like Hugging Face's LLaMA (`q_proj`, `k_proj`, `v_proj`, `o_proj`), so
-# pretrained weights map one to one (Chapter 7). An `nn.Linear` stores its weight as
-# `(out, in)` and computes `x @ weight.T`. Like every layer of the package, it reads its
-# sizes and options from a `ModelConfig` (Chapter 5), so a new option is one field there
-# rather than a new argument threaded through every constructor.
-
-# %%
-print(inspect.getsource(attention_reference))
-print(inspect.getsource(scaled_dot_product_attention))
-print(inspect.getsource(MultiHeadAttention))
+# pretrained weights map one to one ([Chapter 7](07_pretrained.ipynb)). An `nn.Linear`
+# stores its weight as `(out, in)` and computes `x @ weight.T`. Like every layer of the
+# package, it reads its sizes and options from a `ModelConfig`
+# ([Chapter 5](05_next_token_prediction.ipynb)), so a new option is one field there
+# rather than a new argument threaded through every constructor. All three live in
+# `mlxllm/attention.py`. We give the layer our batched code's sizes, look at its four
+# weights, and check all three against the batched code above:
 
 # %%
 # MHA (n_kv_heads defaults to n_heads); no biases: x @ weight.T is the whole projection
 attention = MultiHeadAttention(ModelConfig(dims=C, n_heads=H, bias=False))
+projections = ("q_proj", "k_proj", "v_proj", "o_proj")
+print({name: getattr(attention, name).weight.shape for name in projections})
+assert all(getattr(attention, name).weight.shape == (C, C) for name in projections)
 # the batched code from above, with the package layer's weights
 q = split_heads(x @ attention.q_proj.weight.T)
 k = split_heads(x @ attention.k_proj.weight.T)
@@ -237,12 +238,13 @@ print("output", package.shape)
 # ## 3.4 Why divide by √D
 #
 # If the entries of `q` and `k` have mean 0 and variance 1, their dot product sums `D`
-# such products and has variance `D`. The scores of a 1024-wide head would spread over
-# ±64, and the softmax of such scores is essentially one-hot: one key gets all the
-# weight, the others get $e^{-50}$, and their gradients vanish, so the model cannot
-# learn to move weight around. Dividing by $\sqrt{D}$ brings the variance back to 1
-# whatever the head width. Below: the average largest weight in a row of 32 keys, with
-# and without the scaling, as `D` grows.
+# such products and has variance `D`. The scores of a 1024-wide head would have a
+# standard deviation of $\sqrt{1024} = 32$, and the softmax of scores that far apart is
+# nearly one-hot: one key gets almost all the weight, a key scoring 50 below it gets
+# $e^{-50}$ times as much, and their gradients vanish, so the model cannot learn to move
+# weight around. Dividing by $\sqrt{D}$ brings the variance back to 1 whatever the head
+# width. Below: the average largest weight in a row of 32 keys, with and without the
+# scaling, as `D` grows.
 
 # %%
 head_dims = [4, 16, 64, 256, 1024]
@@ -282,11 +284,11 @@ assert largest["q·k"][-1] > 0.8 and largest["q·k / √D"][-1] < 0.4
 #
 # At generation time a model keeps the keys and values of every past token (next
 # section), and for long contexts that memory, not the weights, is what runs out.
-# **Multi-query attention** (MQA, Shazeer 2019) gives all `H` query heads one shared key
-# head and one value head; **grouped-query attention** (GQA, Ainslie et al. 2023;
-# LLaMA-2-70B, LLaMA-3, Mistral, SmolLM2) is the middle ground: `H_kv` key/value heads,
-# each shared by a group of `H / H_kv` query heads. The key and value projections shrink
-# from `(C, C)` to `(C, H_kv·D)`.
+# **Multi-query attention** (MQA, {cite:alp}`shazeer2019fast`) gives all `H` query heads
+# one shared key head and one value head; **grouped-query attention** (GQA,
+# {cite:alp}`ainslie2023gqa`; LLaMA-2-70B, LLaMA-3, Mistral, SmolLM2) is the middle
+# ground: `H_kv` key/value heads, each shared by a group of `H / H_kv` query heads. The
+# key and value projections shrink from `(C, C)` to `(C, H_kv·D)`.
 #
 # GQA is exactly MHA whose key/value weights are repeated across each group. We check
 # that with the package: a GQA layer with 2 kv heads for 4 query heads, and an MHA layer
@@ -363,10 +365,24 @@ assert kv_cache_bytes(32, 8, 128, 4096) * 4 == kv_cache_bytes(32, 32, 128, 4096)
 #
 # `KVCache` preallocates storage in chunks of 256 positions and writes each step into it
 # in place, instead of concatenating a new, one-longer array every step (which would
-# copy the whole cache each time):
+# copy the whole cache each time). Its code is in `mlxllm/attention.py`; here it is on a
+# small example, a prompt of 3 tokens and then one more:
 
 # %%
-print(inspect.getsource(KVCache))
+cache = KVCache()
+prompt_keys = mx.random.normal((1, 2, 3, 4), key=mx.random.key(0))  # (B, H_kv, T, D)
+keys, values = cache.update_and_fetch(prompt_keys, -prompt_keys)  # a prompt of 3
+print("3 tokens:   offset", cache.offset, " storage", cache.keys.shape,
+      " returned", keys.shape)
+new_key = mx.random.normal((1, 2, 1, 4), key=mx.random.key(1))  # one more token
+keys, values = cache.update_and_fetch(new_key, -new_key)
+print("+1 token:   offset", cache.offset, " storage", cache.keys.shape,
+      " returned", keys.shape, " bytes held", cache.nbytes)
+# what concatenating every step would give, without copying the cache each step
+assert mx.array_equal(keys, mx.concatenate([prompt_keys, new_key], axis=2))
+assert mx.array_equal(values, -keys)
+# 256 positions of keys and of values, 2 heads of 4 float32 numbers (4 bytes) each
+assert cache.keys.shape == (1, 2, 256, 4) and cache.nbytes == 2 * 256 * 2 * 4 * 4
 
 # %% [markdown]
 # We check the promise that matters: prefill 5 tokens, then decode one token at a time
@@ -410,11 +426,11 @@ assert held[0] == held[250] == 2 * 2 * 256 * 4 * 4
 #
 # Everything so far used random weights, whose attention says nothing about language. To
 # see what training makes of the same machinery, we load a real model,
-# SmolLM2-135M-Instruct (30 layers of 9 query heads and 3 key/value heads, RoPE; Chapter
-# 7 explains the loading; here it reads a 4-bit file installed with the package,
-# offline), and look for two kinds of head that interpretability research found in every
-# transformer language model it studied (Elhage et al. 2021; Olsson et al. 2022,
-# *In-context learning and induction heads*):
+# SmolLM2-135M-Instruct (30 layers of 9 query heads and 3 key/value heads, RoPE;
+# [Chapter 7](07_pretrained.ipynb) explains the loading; here it reads a 4-bit file
+# installed with the package, offline), and look for two kinds of head that
+# interpretability research found in every transformer language model it studied (Elhage
+# et al. 2021; Olsson et al. 2022, *In-context learning and induction heads*):
 #
 # - a **previous-token head** puts its weight on position `t − 1`: it copies "which
 #   token came just before me" into each position;
@@ -474,9 +490,9 @@ print("attention weights of every head:", maps.shape)
 # Now score all 30 × 9 heads. The previous-token score of a head is its average weight
 # on position `t − 1` over all positions `t ≥ 1`; the induction score is its average
 # weight on position `t − n + 1` over the second copy. We take the best head of each
-# kind, and require it to beat the runner-up by a clear margin (more than 0.03; a GPU's
-# rounding moves these scores by far less), so the choice does not depend on the
-# hardware.
+# kind, and require it to beat the runner-up by a clear margin (more than 0.03, chosen
+# to be far larger than the rounding differences between backends), so that the choice
+# does not depend on the hardware.
 
 # %%
 T = 2 * n
@@ -656,5 +672,5 @@ print("zero queries: output t = mean of v[0..t] (causal), of all v (no mask): Tr
 # - **Trained heads**: in SmolLM2-135M, a previous-token head and an induction head,
 #   found by scoring all 270 heads on a repeated random sequence.
 #
-# Chapter 4 wraps this layer with a feed-forward network, normalization and residual
-# connections into a transformer block.
+# [Chapter 4](04_transformer_block.ipynb) wraps this layer with a feed-forward network,
+# normalization and residual connections into a transformer block.

@@ -6,11 +6,11 @@
 #                                            ^^^^^^^^^
 # ```
 #
-# Attention (Chapter 3) moves information *between* positions. A transformer block pairs
-# it with a **feed-forward network** that processes each position on its own, wraps both
-# in **normalization**, and adds their results to a **residual stream** that runs from
-# the embedding to the output. A model is this block repeated `N` times (12 in GPT-2
-# small, 32 in LLaMA-2-7B):
+# Attention ([Chapter 3](03_attention.ipynb)) moves information *between* positions. A
+# transformer block pairs it with a **feed-forward network** that processes each
+# position on its own, wraps both in **normalization**, and adds their results to a
+# **residual stream** that runs from the embedding to the output. A model is this block
+# repeated `N` times (12 in GPT-2 small, 32 in LLaMA-2-7B):
 #
 # $$h = x + \text{attention}(\text{norm}_1(x)), \qquad
 #   \text{out} = h + \text{ffn}(\text{norm}_2(h)).$$
@@ -119,19 +119,19 @@ plt.show()
 # %% [markdown]
 # ### SwiGLU (LLaMA)
 #
-# LLaMA replaces the MLP by a *gated* one (Shazeer 2020): two projections up, one passed
-# through SiLU ($x \cdot \sigma(x)$) and used to gate the other elementwise, then one
-# projection down:
+# LLaMA replaces the MLP by a *gated* one {cite:p}`shazeer2020glu`: two projections up,
+# one passed through SiLU ($x \cdot \sigma(x)$) and used to gate the other elementwise,
+# then one projection down:
 #
 # $$\text{SwiGLU}(x) =
 #   W_\text{down}\left(\text{silu}(W_\text{gate}\,x) \odot W_\text{up}\,x\right).$$
 #
 # Three matrices instead of two, so the hidden width is cut to
 # $\tfrac{2}{3} \cdot 4C = \tfrac{8}{3}C$, rounded up to a multiple of 32 (LLaMA-7B:
-# 256), to keep the parameter count of a `4·C` MLP.
+# 256), to keep the parameter count of a `4·C` MLP. The package's `SwiGLU` (in
+# `mlxllm/block.py`, next to §4.1's `MLP`) and its width rule (in `mlxllm/config.py`):
 
 # %%
-print(inspect.getsource(MLP))
 print(inspect.getsource(SwiGLU))
 print(inspect.getsource(swiglu_hidden_dims))
 
@@ -163,8 +163,8 @@ for name, ffn, formula in ffns:
 # $$\text{LayerNorm}(x) = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot w + b,
 #   \qquad \mu, \sigma^2 \text{ the mean and variance of } x\text{'s features.}$$
 #
-# **RMSNorm** (Zhang & Sennrich 2019; LLaMA) skips the centring and the shift, dividing
-# by the root mean square only. It is cheaper and works as well in practice:
+# **RMSNorm** ({cite:alp}`zhang2019root`; LLaMA) skips the centring and the shift,
+# dividing by the root mean square only. It is cheaper and works as well in practice:
 #
 # $$\text{RMSNorm}(x) = \frac{x}{\sqrt{\text{mean}(x^2) + \epsilon}} \odot w.$$
 #
@@ -202,14 +202,9 @@ print(f"RMSNorm:   mean {mean(normed_rms):5.2f}, rms {rms(normed_rms):.2f}",
       " (not centred)")
 
 # %% [markdown]
-# The package picks the norm a `ModelConfig` names with `make_norm(config)`; both
-# classes are MLX's own, which call the fused kernels `mx.fast.layer_norm` and
-# `mx.fast.rms_norm`:
-
-# %%
-print(inspect.getsource(make_norm))
-print(inspect.getsource(nn.LayerNorm.__call__))
-print(inspect.getsource(nn.RMSNorm.__call__))
+# The package picks the norm a `ModelConfig` names with `make_norm(config)` (in
+# `mlxllm/block.py`); both classes are MLX's own, which call the fused kernels
+# `mx.fast.layer_norm` and `mx.fast.rms_norm`. What it builds for each setting:
 
 # %%
 def small_config(**options) -> ModelConfig:
@@ -217,6 +212,15 @@ def small_config(**options) -> ModelConfig:
     return ModelConfig(dims=C, n_heads=4, **options)
 
 
+built = {}
+for name in ("layernorm", "rmsnorm", "none"):
+    norm = make_norm(small_config(norm=name))
+    built[name] = [path for path, _ in tree_flatten(norm.parameters())]
+    print(f"norm={name!r:12} -> {type(norm).__name__:9} parameters {built[name]}")
+# LayerNorm learns a scale and a shift, RMSNorm a scale only; "none" is the identity
+assert built == {"layernorm": ["weight", "bias"], "rmsnorm": ["weight"], "none": []}
+
+# %%
 layer_norm = make_norm(small_config(norm="layernorm"))
 rms_norm = make_norm(small_config(norm="rmsnorm"))
 # random weights and biases, so the check covers the learned scale and shift too
@@ -250,14 +254,14 @@ print("by hand == fused:", True)
 #
 # ### Pre-norm and post-norm
 #
-# The 2017 Transformer normalised *after* adding (**post-norm**):
-# `x = norm(x + branch(x))`. GPT-2 moved the norm *into* the branch (**pre-norm**):
-# `x = x + branch(norm(x))`, plus one final norm before the output head. The difference
-# looks cosmetic but is not: in post-norm every norm sits on the residual path itself,
-# so the stream is rescaled `2N` times and the gradient passes through all those norms;
-# in pre-norm the stream is a clean sum. Post-norm models famously need a careful
-# learning-rate warm-up and become hard to train as they get deep (Xiong et al., 2020);
-# pre-norm is what nearly every LLM uses.
+# The 2017 Transformer {cite:p}`vaswani2017attention` normalised *after* adding
+# (**post-norm**): `x = norm(x + branch(x))`. GPT-2 moved the norm *into* the branch
+# (**pre-norm**): `x = x + branch(norm(x))`, plus one final norm before the output head.
+# The difference looks cosmetic but is not: in post-norm every norm sits on the residual
+# path itself, so the stream is rescaled `2N` times and the gradient passes through all
+# those norms; in pre-norm the stream is a clean sum. Post-norm models famously need a
+# careful learning-rate warm-up and become hard to train as they get deep
+# {cite:p}`xiong2020layer`; pre-norm is what nearly every LLM uses.
 #
 # We stack 24 small blocks (`C = 64`, default initialisation), feed random unit-scale
 # vectors, and record the scale (root mean square) of the stream after each block, and
@@ -327,13 +331,16 @@ assert gradient_norms["pre-norm"][0] > gradient_norms["pre-norm"][-1]
 # Post-norm pins the stream at scale 1 after every block. Pre-norm lets it grow (each
 # branch adds a roughly independent contribution, so the variance grows with depth) and
 # relies on the final norm before the head; a later block then changes the stream
-# *relatively* less, and the gradient its weights receive shrinks with depth, as Xiong
-# et al. find for pre-norm. In post-norm the gradient does not shrink and tends to grow
-# towards the last layers, which is the behaviour they link to post-norm's need for a
-# learning-rate warm-up; with 24 tiny blocks the effect is mild, but it grows with
-# depth. GPT-2 also scales the initial weights of each branch's last projection by
-# $1/\sqrt{2N}$ (`TransformerLM.init_weights`, Chapter 5) to keep the pre-norm stream's
-# growth in check.
+# *relatively* less, and in this measurement the gradient its weights receive shrinks
+# with depth. That is our default initialisation speaking, not a law:
+# {cite:t}`xiong2020layer` analyse both layouts at initialisation and find pre-norm's
+# gradients of about the same size in every layer (all of them smaller as the model
+# gets deeper), and post-norm's growing towards the output layer, which they link to
+# post-norm's need for a learning-rate warm-up. With 24 tiny blocks the differences
+# here are mild; they grow with depth. GPT-2 also scales the initial weights of each
+# branch's last projection by $1/\sqrt{2N}$ (`TransformerLM.init_weights`,
+# [Chapter 5](05_next_token_prediction.ipynb)) to keep the pre-norm stream's growth in
+# check.
 #
 # ## 4.4 Counting a block's parameters
 #
@@ -426,8 +433,21 @@ def block_by_hand(x: mx.array, block) -> mx.array:
     return h + ffn_by_hand(norm_by_hand(h, block.ffn_norm), block.ffn)  # (B, T, C)
 
 
+# %% [markdown]
+# The package's `TransformerBlock` is in `mlxllm/block.py`. It holds the same four
+# pieces under the names used above: `attention_norm`, `attention`, `ffn_norm`, `ffn`.
+# A first check needs no arithmetic: silence both branches by zeroing their last
+# projection, and a pre-norm block passes the stream through unchanged, bit for bit,
+# while a post-norm block (§4.3) still normalises it.
+
 # %%
-print(inspect.getsource(TransformerBlock))
+for pre_norm in (True, False):
+    block = TransformerBlock(small_config(pre_norm=pre_norm))
+    for last in (block.attention.o_proj, block.ffn.down_proj):  # each branch's output
+        last.update(tree_map(mx.zeros_like, last.parameters()))
+    passes = mx.array_equal(block(x), x).item()  # x: §4.1's (B, T, C) input
+    print(f"pre_norm={pre_norm!s:5}  block(x) == x with silent branches: {passes}")
+    assert passes == pre_norm  # x + 0 + 0 is x; norm(x + 0) is not
 
 # %%
 C_b = 32
@@ -451,9 +471,10 @@ for name, block in blocks.items():  # every weight random:
 # ### Variants on the same weights
 #
 # `TransformerBlock` also builds the two variants used in the architecture experiments
-# of Chapter 8: post-norm (`pre_norm=False`) and the **parallel** block of GPT-J and
-# PaLM (`parallel_block=True`), where attention and FFN read the same normed input side
-# by side, `x + attn(n(x)) + ffn(n(x))`, which lets the two branches run concurrently.
+# of [Chapter 8](08_architecture_lab.ipynb): post-norm (`pre_norm=False`) and the
+# **parallel** block of GPT-J and PaLM {cite:p}`chowdhery2022palm`
+# (`parallel_block=True`), where attention and FFN read the same normed input side by
+# side, `x + attn(n(x)) + ffn(n(x))`, which lets the two branches run concurrently.
 # Loaded with the same weights, each computes something different:
 
 # %%
@@ -563,5 +584,5 @@ print(f"parallel block: {saved:,} parameters fewer, of {n_params(sequential):,}"
 # - **`TransformerBlock`**: assembled by hand from the pieces and checked against the
 #   package in GPT-2 and LLaMA form, plus the post-norm and parallel variants.
 #
-# Chapter 5 stacks these blocks between the embedding of Chapter 2 and an output head:
-# `TransformerLM`.
+# [Chapter 5](05_next_token_prediction.ipynb) stacks these blocks between the embedding
+# of [Chapter 2](02_embedding.ipynb) and an output head: `TransformerLM`.

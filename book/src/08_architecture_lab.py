@@ -1,12 +1,18 @@
 # %% [markdown]
 # # 8. Architecture lab: the design choices of modern LLMs, as experiments
 #
-# Chapters 2 to 6 built a GPT-2-style model and trained it. Between GPT-2 (2019) and
-# LLaMA-style models (2023 onwards) almost every piece of the block changed. Lecture 3
-# of Stanford's CS336, *Architectures, hyperparameters* (Tatsunori Hashimoto, Spring
-# 2025), surveys dozens of published models and distils what they agree on. This chapter
-# takes the lecture's claims as its spine and turns each one into an experiment you can
-# run:
+# ```
+# text ─▶ ids ─▶ embedding ─▶ N × [ norm ─▶ attention ─▶ norm ─▶ feed-forward ] ─▶ T×V
+#                ^^^^^^^^^          ^^^^    ^^^^^^^^^    ^^^^    ^^^^^^^^^^^^
+#          positions, norms, attention heads and activations: one change at a time
+# ```
+#
+# Chapters [2](02_embedding.ipynb) to [6](06_training.ipynb) built a GPT-2-style model
+# and trained it. Between GPT-2 (2019) and LLaMA-style models (2023 onwards) almost
+# every piece of the block changed. Lecture 3 of Stanford's CS336, *Architectures,
+# hyperparameters* (Tatsunori Hashimoto, Spring 2025) {cite:p}`stanford2025cs336`,
+# surveys dozens of published models and distils what they agree on. This chapter takes
+# the lecture's claims as its spine and turns each one into an experiment you can run:
 #
 # | # | the lecture says | our flag (`ModelConfig` / `cross_entropy`) |
 # | --- | --- | --- |
@@ -35,14 +41,20 @@
 # and for effects that are large from the first steps (gradient scales, logit growth,
 # $\log Z$ drift). It is *not* enough to rank architectures by loss: after 80 steps a
 # loss difference says how fast a variant gets going, not where it would end up.
-# Rankings are asserted only in the opt-in full sweep (`FULL_SWEEP = True`, nanoGPT's
-# CPU model size for 2000 steps per run: meant for an Apple-silicon GPU).
+# Rankings come only from the opt-in full sweep (nanoGPT's CPU model size, 2000 steps
+# per run: minutes on a GPU, hours on this CPU), whose recorded results Section 8.10
+# loads and compares with the lecture.
 
 # %%
 import dataclasses
+import datetime
+import json
 import math
+import os
+import platform
 import time
 from html import escape
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlx.core as mx
@@ -52,14 +64,24 @@ from IPython.display import HTML, display
 from mlx.utils import tree_flatten
 
 from mlxllm import KVCache, ModelConfig, TransformerLM, cross_entropy, kv_cache_bytes
+from mlxllm.cli import device_name
 from mlxllm.config import swiglu_hidden_dims
 from mlxllm.data import get_batch, get_path
 from mlxllm.tokenizer import CharTokenizer, Tokenizer
-from mlxllm.tolerances import assert_close
+from mlxllm.tokenizer.files import write_atomic
+from mlxllm.tolerances import assert_close, bound as relative_bound
 from mlxllm.training import TrainConfig, Trainer
 
-# True: the Mac-scale sweep (128 dims, 4 layers, 2000 steps per run, ~15 runs)
-FULL_SWEEP = False
+# The full sweep (128 dims, 4 layers; 15 runs of 2000 steps, 3 of 500), as a script:
+#   cd book && MLXLLM_FULL_SWEEP=1 python src/08_architecture_lab.py
+# It writes results/architecture_sweep_<date>.json, which Section 8.10 shows.
+FULL_SWEEP = os.environ.get("MLXLLM_FULL_SWEEP") == "1"
+# smoke tests of the sweep only: fewer steps per run, and the results written elsewhere
+SWEEP_STEPS = int(os.environ.get("MLXLLM_SWEEP_STEPS", "2000"))
+RESULTS = Path(os.environ.get("MLXLLM_RESULTS_DIR", "results"))  # the cwd is book/
+if FULL_SWEEP and not RESULTS.is_dir():  # fail now, not after the sweep
+    raise SystemExit(f"no folder {RESULTS.resolve()}: run from book/ "
+                     "or set MLXLLM_RESULTS_DIR")
 
 # %% [markdown]
 # ## 8.0 The shared budget
@@ -67,9 +89,11 @@ FULL_SWEEP = False
 # One corpus split (the first 90% of tinyshakespeare's characters train, the last 10%
 # validate), one character-level tokenizer (65 symbols; tinyshakespeare is plain ASCII,
 # so one character is one byte), one baseline model, one training recipe. The baseline
-# is the GPT-2 layout of Chapters 5–6 as nanoGPT trains it (LayerNorm, learned
-# positions, GELU MLP, no biases, tied head). Its position table is four times longer
-# than the training sequences so that Section 8.4 can test lengths the model never saw.
+# is the GPT-2 layout of Chapters
+# [5](05_next_token_prediction.ipynb)–[6](06_training.ipynb) as nanoGPT trains it
+# (LayerNorm, learned positions, GELU MLP, no biases, tied head). Its position table is
+# four times longer than the training sequences so that Section 8.4 can test lengths the
+# model never saw.
 
 # %%
 text = get_path("tinyshakespeare").read_text()
@@ -83,10 +107,14 @@ print(f"train {len(train_ids):,} tokens, validation {len(val_ids):,} tokens, "
 
 if FULL_SWEEP:  # nanoGPT's CPU shakespeare-char size (Chapter 6's `nanogpt-cpu`)
     SIZE = dict(dims=128, n_layers=4, n_heads=4)
-    TRAIN = TrainConfig(steps=2000, batch_size=12, context=64, lr=1e-3, min_lr=1e-4,
-                        warmup=100, eval_batches=20, seed=0)
-    STABILITY = dataclasses.replace(TRAIN, steps=500, lr=1e-2, min_lr=1e-2, warmup=0,
-                                    grad_clip=0.0)
+    # SWEEP_STEPS = 2000: warmup 100, 20 batches per estimate, one every 250 steps;
+    # a shortened smoke test scales them down with the steps
+    TRAIN = TrainConfig(steps=SWEEP_STEPS, batch_size=12, context=64, lr=1e-3,
+                        min_lr=1e-4, warmup=min(100, SWEEP_STEPS // 20),
+                        eval_interval=max(1, SWEEP_STEPS // 8),
+                        eval_batches=max(1, min(20, SWEEP_STEPS // 100)), seed=0)
+    STABILITY = dataclasses.replace(TRAIN, steps=max(20, SWEEP_STEPS // 4), lr=1e-2,
+                                    min_lr=1e-2, warmup=0, grad_clip=0.0)
 else:  # CI scale: ~0.1 s per step on a 2-core CPU
     SIZE = dict(dims=32, n_layers=2, n_heads=4)
     TRAIN = TrainConfig(steps=80, batch_size=8, context=64, lr=1e-2, min_lr=1e-3,
@@ -102,12 +130,13 @@ print(f"{TRAIN.steps} steps × {TRAIN.batch_size} sequences × {TRAIN.context} t
       f"{TRAIN.steps * TOKENS_PER_STEP:,} training tokens per run")
 
 # %% [markdown]
-# Every run goes through the package's `Trainer` (Chapter 6): AdamW with decay on
-# matrices only, warmup and cosine decay, the compiled step. `Trainer.create` seeds the
-# initialisation and the batch order from `TrainConfig.seed`, so two variants see
-# exactly the same token windows in the same order. `run` keeps each finished trainer in
-# `RUNS`, so an experiment that needs the baseline again reuses it instead of training
-# it twice; `probe`, if given, measures something on the model every `every` steps.
+# Every run goes through the package's `Trainer` ([Chapter 6](06_training.ipynb)): AdamW
+# with decay on matrices only, warmup and cosine decay, the compiled step.
+# `Trainer.create` seeds the initialisation and the batch order from `TrainConfig.seed`,
+# so two variants see exactly the same token windows in the same order. `run` keeps each
+# finished trainer in `RUNS`, so an experiment that needs the baseline again reuses it
+# instead of training it twice; `probe`, if given, measures something on the model every
+# `every` steps.
 
 # %%
 RUNS: dict[str, Trainer] = {}
@@ -124,11 +153,14 @@ def run(name: str, config: ModelConfig = BASE, train: TrainConfig = TRAIN,
         started = time.perf_counter()
         trainer = Trainer.create(config, train, *data, tokenizer=tokenizer)
         PROBES[name] = [probe(trainer.model)] if probe else []
+        trainer.evaluate()  # step 0: the start of the validation curve
         while trainer.step < train.steps:
             trainer.train_step()
             if probe and trainer.step % every == 0:
                 PROBES[name].append(probe(trainer.model))
-        trainer.evaluate()
+            if trainer.step % train.eval_interval == 0 or trainer.step == train.steps:
+                trainer.evaluate()
+        trainer.flush_metrics()
         RUNS[name], SECONDS[name] = trainer, time.perf_counter() - started
     return RUNS[name]
 
@@ -162,8 +194,9 @@ def plot_losses(ax, names, title):
 # **The lecture:** almost every model since GPT-2 is *pre-norm* (`x + f(norm(x))`): the
 # residual stream is an identity path from every layer to the output, and training has
 # fewer gradient spikes than with the 2017 *post-norm* (`norm(x + f(x))`), which needs
-# careful warmup (Xiong et al., 2020). Chapter 4 measured a bare stack of blocks; here
-# we look at the whole language model with its GPT-2 initialisation, on real text.
+# careful warmup {cite:p}`xiong2020layer`. [Chapter 4](04_transformer_block.ipynb)
+# measured a bare stack of blocks; here we look at the whole language model with its
+# GPT-2 initialisation, on real text.
 #
 # First the identity path itself. Zero the last projection of both branches (what a
 # branch contributes when it has learned nothing): a pre-norm block becomes exactly the
@@ -215,7 +248,7 @@ for name, norms in init_grads.items():
     print(f"{name:9}: per-layer gradient norm {size} on average "
           f"(max/min {norms.max() / norms.min():.1f})")
 spread_pre = init_grads["pre-norm"].max() / init_grads["pre-norm"].min()
-# max/min is 1.1 at 32 dims, 1.9 at 128
+# printed above; Section 8.10 records it at 128 dims
 assert spread_pre < 3, "pre-norm: every layer gets a gradient of the same order"
 assert init_grads["pre-norm"].mean() > 5 * init_grads["post-norm"].mean()
 
@@ -254,16 +287,18 @@ for name in ("pre-norm (GPT-2)", "post-norm"):
 # With GPT-2's initialisation (each branch's output projection shrunk by $1/\sqrt{2N}$)
 # the pre-norm model starts as a near-identity map from the embeddings to the head, and
 # every layer receives a gradient of the same size (at 32 dims nearly equal; a wider
-# model shows a slow decline with depth as the stream grows, Chapter 4): nothing has to
-# travel through a chain of norms. In the post-norm model the first LayerNorm blows the
-# small embeddings up to unit scale and every later norm re-scales the stream, so each
-# layer's small-initialised branch barely moves the output and gets a much smaller
-# gradient. (Chapter 4 shows the other side of the coin with the default `nn.Linear`
-# initialisation.) Adam rescales gradients per parameter, so at this tiny depth both
-# train. The training panels show the lecture's other point: in the run stored with this
-# page the post-norm model's gradient norm spikes (by more than an order of magnitude)
-# and its loss jumps with it, while the pre-norm run stays smooth; gradient clipping (at
-# 1.0, `TrainConfig`) is what keeps such a spike from wrecking the run.
+# model shows a slow decline with depth as the stream grows,
+# [Chapter 4](04_transformer_block.ipynb)): nothing has to travel through a chain of
+# norms. In the post-norm model the first LayerNorm blows the small embeddings up to
+# unit scale and every later norm re-scales the stream, so each layer's
+# small-initialised branch barely moves the output and gets a much smaller gradient.
+# ([Chapter 4](04_transformer_block.ipynb) shows the other side of the coin with the
+# default `nn.Linear` initialisation.) Adam rescales gradients per parameter, so at this
+# tiny depth both train. The training panels show the lecture's other point: in the run
+# stored with this page the post-norm model's gradient norm spikes (by more than an
+# order of magnitude) and its loss jumps with it, while the pre-norm run stays smooth;
+# gradient clipping (at 1.0, `TrainConfig`) is what keeps such a spike from wrecking the
+# run.
 #
 # ## 8.2 LayerNorm vs RMSNorm (vs no norm)
 #
@@ -271,7 +306,7 @@ for name in ("pre-norm (GPT-2)", "post-norm"):
 # \epsilon} \cdot g$, instead of LayerNorm, $y = (x - \mu)/\sqrt{\sigma^2 + \epsilon}
 # \cdot g + b$: no mean to subtract, no bias to add, the same quality. Norms are a tiny
 # share of a transformer's FLOPs but, being memory-bound, a noticeable share of its
-# runtime (the lecture cites Ivanov et al., 2021).
+# runtime (the lecture cites {cite:alp}`ivanov2021data`).
 #
 # First the parameters: a LayerNorm with bias has $2C$, one without bias (nanoGPT, our
 # baseline) $C$, an RMSNorm $C$, no norm $0$, and the model has $2N + 1$ of them.
@@ -304,9 +339,6 @@ plt.show()
 for name in ("pre-norm (GPT-2)", "RMSNorm", "no norm"):
     print(f"{name:17} val loss {val_loss(name):.3f}")
     assert math.isfinite(val_loss(name))
-if FULL_SWEEP:
-    # "same quality"
-    assert abs(val_loss("RMSNorm") - val_loss("pre-norm (GPT-2)")) < 0.05
 
 # %% [markdown]
 # Now the cost. In FLOPs a norm is nothing: about $7$ operations per number (mean,
@@ -406,10 +438,10 @@ assert all(t > 0 for t in [*forward.values(), *norm_time.values()])
 #
 # **The lecture:** the feed-forward went from ReLU (2017) to GELU (GPT-2) to gated
 # linear units, mostly SwiGLU: $\mathrm{down}(\mathrm{silu}(x W_{gate}) \odot x W_{up})$
-# (Shazeer, 2020). A gated FFN has three matrices instead of two, so to compare at equal
-# parameters its hidden width is $\tfrac23$ of the MLP's: $d_{ff} = \tfrac83 d_{model}$
-# instead of $4 d_{model}$. LLaMA rounds up to a multiple of 256, which is how
-# LLaMA-7B's odd-looking 11008 arises.
+# {cite:p}`shazeer2020glu`. A gated FFN has three matrices instead of two, so to compare
+# at equal parameters its hidden width is $\tfrac23$ of the MLP's:
+# $d_{ff} = \tfrac83 d_{model}$ instead of $4 d_{model}$. LLaMA rounds up to a multiple
+# of 256, which is how LLaMA-7B's odd-looking 11008 arises.
 
 # %%
 print(f"{'d_model':>8} {'MLP d_ff':>9} {'MLP params':>11} {'SwiGLU d_ff':>12} "
@@ -450,23 +482,21 @@ plt.show()
 for name in ACTIVATIONS:
     print(f"{name:12} val loss {val_loss(name):.3f}")
     assert math.isfinite(val_loss(name))
-if FULL_SWEEP:
-    # gated is at least as good at equal parameters
-    assert val_loss("SwiGLU") < val_loss("ReLU") + 0.02
 
 # %% [markdown]
 # ## 8.4 Positions: learned, sinusoidal, RoPE, none — and beyond the training length
 #
-# **The lecture:** the 2017 Transformer added fixed sinusoids, GPT-2 learned a table,
-# later models moved to relative schemes and now nearly all use RoPE (Su et al., 2021),
-# which rotates queries and keys so that attention scores depend only on the distance
-# between tokens. A question the choice decides is what happens on sequences *longer*
-# than those seen in training. We train each scheme on windows of `TRAIN.context = 64`
-# tokens (all four models have a position table of 256 where they need one) and then
-# measure the loss at every position of 256-token validation windows. Position "none"
-# (NoPE) is not as blind as it sounds: the causal mask alone lets a model count (Chapter
-# 2 shows that attention without positions and without a mask is
-# permutation-equivariant; the tests check both).
+# **The lecture:** the 2017 Transformer {cite:p}`vaswani2017attention` added fixed
+# sinusoids, GPT-2 learned a table, later models moved to relative schemes and now
+# nearly all use RoPE {cite:p}`su2021roformer`, which rotates queries and keys so that
+# attention scores depend only on the distance between tokens. A question the choice
+# decides is what happens on sequences *longer* than those seen in training. We train
+# each scheme on windows of `TRAIN.context = 64` tokens (all four models have a position
+# table of 256 where they need one) and then measure the loss at every position of
+# 256-token validation windows. Position "none" (NoPE) is not as blind as it sounds: the
+# causal mask alone lets a model count ([Chapter 2](02_embedding.ipynb) shows that
+# attention without positions and without a mask is permutation-equivariant; the tests
+# check both).
 
 # %%
 def loss_by_position(model: TransformerLM, n_windows: int = 32) -> np.ndarray:
@@ -519,9 +549,6 @@ for name, losses in by_position.items():
     print(f"{name:16} positions < 64: {inside:.3f}   positions 64–255: {beyond:.3f}   "
           f"(beyond − inside {beyond - inside:+.3f})")
     assert losses.shape == (CONTEXT,) and np.isfinite(losses).all()
-if FULL_SWEEP:
-    # untrained table rows hurt more than new offsets
-    assert length_gap["learned (GPT-2)"] > length_gap["RoPE"]
 
 # %% [markdown]
 # Two effects pull in opposite directions. A later position has more text before it, so
@@ -535,19 +562,20 @@ if FULL_SWEEP:
 # ever see relative offsets (or none) in the scores, though offsets larger than any seen
 # in training still arise beyond position 64. After 80 steps the tiny models barely use
 # positions, so at CI scale the two effects nearly cancel and the beyond − inside
-# differences are a few hundredths of a nat; the full sweep trains long enough for
-# positions to matter.
+# differences are a few hundredths of a nat; whether 2000 steps of a wider model
+# separate the schemes is for the recorded full sweep (Section 8.10) to show.
 #
 # ## 8.5 Attention heads: MHA, GQA, MQA and the KV cache
 #
 # **The lecture:** during generation the keys and values of every past token are kept in
-# the KV cache (Chapter 3): $2 \cdot n_{layers} \cdot n_{kv\,heads} \cdot d_{head} \cdot
-# T \cdot B$ numbers. At long contexts that cache, not the weights, limits the batch
-# size and the speed (decoding has to read all of it for every token). Multi-query
-# attention (MQA: one key/value head shared by all query heads, Shazeer 2019) and
-# grouped-query attention (GQA: a few, Ainslie et al. 2023) shrink it by $n_{heads} /
-# n_{kv\,heads}$ at a small cost in quality. First we check the formula against the
-# bytes our `KVCache` really allocates.
+# the KV cache ([Chapter 3](03_attention.ipynb)): $2 \cdot n_{layers} \cdot
+# n_{kv\,heads} \cdot d_{head} \cdot T \cdot B$ numbers. At long contexts that cache,
+# not the weights, limits the batch size and the speed (decoding has to read all of it
+# for every token). Multi-query attention (MQA: one key/value head shared by all query
+# heads, {cite:alp}`shazeer2019fast`) and grouped-query attention (GQA: a few,
+# {cite:alp}`ainslie2023gqa`) shrink it by $n_{heads} / n_{kv\,heads}$ at a small cost
+# in quality. First we check the formula against the bytes our `KVCache` really
+# allocates.
 
 # %%
 for n_kv_heads, label in ((4, "MHA"), (2, "GQA"), (1, "MQA")):
@@ -600,7 +628,7 @@ assert math.isclose(cache_gib["MHA (9 kv heads)"][-1], 9 * cache_gib["MQA (1)"][
 # %% [markdown]
 # At 8k tokens the multi-head cache of this small model would be larger than its
 # weights; the shipped GQA cuts it threefold. The quality side (a GQA/MQA model trained
-# on the same budget) is part of the full sweep below.
+# on the same budget) is part of the full sweep, recorded in Section 8.10.
 
 # %% tags=["nbval-ignore-output"]
 if FULL_SWEEP:
@@ -608,9 +636,8 @@ if FULL_SWEEP:
         run(label, dataclasses.replace(BASE, n_kv_heads=n_kv_heads))
         mha = val_loss("pre-norm (GPT-2)")
         print(f"{label:17} val loss {val_loss(label):.3f}  (MHA: {mha:.3f})")
-        assert val_loss(label) < mha + 0.1  # a small cost, not a collapse
 else:
-    print("GQA/MQA training runs: set FULL_SWEEP = True")
+    print("GQA/MQA training runs: only in the full sweep (Section 8.10)")
 
 # %% [markdown]
 # ## 8.6 Stability: QK-norm, z-loss and logit soft-capping
@@ -619,13 +646,15 @@ else:
 # whose inputs grow without bound. Two softmaxes live in a transformer:
 #
 # - **attention**: the score $q \cdot k / \sqrt{d}$ grows with the norms of $q$ and $k$,
-#   and the softmax saturates. *QK-norm* (used by OLMo 2, Gemma 3 and others) applies an
-#   RMSNorm to each head's $q$ and $k$, so $|q \cdot k| / \sqrt d \le \sqrt d \,
-#   \max|g_q| \max|g_k|$, whatever the input.
+#   and the softmax saturates. *QK-norm* (used by OLMo 2 {cite:p}`teamolmo2024olmo2`,
+#   Gemma 3 {cite:p}`gemmateam2025gemma3` and others) applies an RMSNorm to each head's
+#   $q$ and $k$, so $|q \cdot k| / \sqrt d \le \sqrt d \, \max|g_q| \max|g_k|$, whatever
+#   the input.
 # - **output**: the softmax over the vocabulary is invariant to adding a constant to all
-#   logits, so its normaliser $\log Z = \log \sum_v e^{z_v}$ can drift. *z-loss* (PaLM)
-#   adds $\alpha \cdot \mathrm{mean}(\log^2 Z)$ to the loss to hold it near 0.
-#   *Soft-capping* (Gemma 2) squashes logits through $c \tanh(z / c)$.
+#   logits, so its normaliser $\log Z = \log \sum_v e^{z_v}$ can drift. *z-loss* (PaLM,
+#   {cite:alp}`chowdhery2022palm`) adds $\alpha \cdot \mathrm{mean}(\log^2 Z)$ to the
+#   loss to hold it near 0. *Soft-capping* (Gemma 2, {cite:alp}`gemmateam2024gemma2`)
+#   squashes logits through $c \tanh(z / c)$.
 #
 # To provoke the problem we train three copies of the baseline at a deliberately high
 # constant learning rate (3e-2, no warmup, no gradient clipping): plain, with QK-norm,
@@ -665,11 +694,20 @@ def attention_scores(model: TransformerLM, ids: mx.array) -> list[mx.array]:
 probe_inputs, _ = get_batch(mx.array(val_ids), 8, TRAIN.context, mx.random.key(11))
 
 
-def stability_probe(model: TransformerLM) -> tuple[float, float]:
+def qk_bound(model: TransformerLM) -> float:
+    """√d·max|g_q|·max|g_k| over the layers: no QK-normed score can exceed it (NaN
+    without QK-norm)."""
+    if not model.blocks[0].attention.qk_norm:
+        return math.nan
+    return max(math.sqrt(BASE.head_dim) * mx.abs(b.attention.q_norm.weight).max().item()
+               * mx.abs(b.attention.k_norm.weight).max().item() for b in model.blocks)
+
+
+def stability_probe(model: TransformerLM) -> tuple[float, float, float]:
     scores = attention_scores(model, probe_inputs)
     max_score = max(mx.abs(s).max().item() for s in scores)
     log_z = mx.logsumexp(model(probe_inputs).astype(mx.float32), axis=-1).mean().item()
-    return max_score, log_z
+    return max_score, log_z, qk_bound(model)
 
 
 # the probe's scores are the model's: softmax(scores) @ v reproduces block 0's attention
@@ -709,21 +747,22 @@ for ax, title in zip(axes, ("attention logits", "log Z drift", "loss")):
 fig.tight_layout()
 plt.show()
 final = {name: PROBES[f"lr {STABILITY.lr:g}: {name}"][-1] for name in STABLE_RUNS}
-for name, (max_score, log_z) in final.items():
+for name, (max_score, log_z, _) in final.items():
     print(f"{name:12} after {STABILITY.steps} steps: "
           f"max attention score {max_score:7.2f}   mean log Z {log_z:+.3f}   "
           f"val loss {val_loss(f'lr {STABILITY.lr:g}: ' + name):.3f}")
-qk_model = RUNS[f"lr {STABILITY.lr:g}: QK-norm"].model
-bound = max(math.sqrt(BASE.head_dim) * mx.abs(b.attention.q_norm.weight).max().item()
-            * mx.abs(b.attention.k_norm.weight).max().item() for b in qk_model.blocks)
-print(f"QK-norm bound √d·max|g_q|·max|g_k| = {bound:.2f}")
-# a theorem:
-qk_scores = [score for score, _ in PROBES[f"lr {STABILITY.lr:g}: QK-norm"]]
-assert all(score <= bound + 1e-3 for score in qk_scores)
-# plain scores outgrow the QK-normed ones early and clearly
-assert final["plain"][0] > 3 * final["QK-norm"][0]
-# z-loss pulls log Z towards 0
-assert abs(final["z-loss 1e-2"][1]) < abs(final["plain"][1])
+bound = final["QK-norm"][2]
+print(f"QK-norm bound √d·max|g_q|·max|g_k| = {bound:.2f} (at the end)")
+# a theorem, at every probe (with the gains of that moment), up to float32 (or TF32)
+# rounding of the products
+qk_probes = PROBES[f"lr {STABILITY.lr:g}: QK-norm"]
+assert all(score <= bound_then * (1 + relative_bound())
+           for score, _, bound_then in qk_probes)
+if not FULL_SWEEP:  # at full scale these are judged in Section 8.10, not asserted
+    # plain scores outgrow the QK-normed ones early and clearly
+    assert final["plain"][0] > 3 * final["QK-norm"][0]
+    # z-loss pulls log Z towards 0
+    assert abs(final["z-loss 1e-2"][1]) < abs(final["plain"][1])
 
 # %% [markdown]
 # Without QK-norm the largest attention score climbs steadily: some heads become nearly
@@ -776,13 +815,14 @@ plt.show()
 # FLOP) but a larger embedding and head, and rarer tokens. Loss per *token* cannot
 # compare two tokenizers: a token of a bigger vocabulary carries more text and is harder
 # to predict. The tokenizer-free measure is **bits per byte**: $\text{bpb} = \text{loss}
-# \cdot \frac{\#\text{tokens}}{\#\text{bytes}} / \ln 2$ (Chapter 5).
+# \cdot \frac{\#\text{tokens}}{\#\text{bytes}} / \ln 2$
+# ([Chapter 5](05_next_token_prediction.ipynb)).
 #
-# We train byte-level BPE tokenizers (Chapter 1) of 512 and 1024 tokens on the first 200
-# kB of the training text, encode the same train/validation split with them, and train
-# the baseline model (only the embedding grows with the vocabulary) on the same budget:
-# same steps, same batch, same tokens per step. The character tokenizer (65 symbols) is
-# the baseline run.
+# We train byte-level BPE tokenizers ([Chapter 1](01_tokenization.ipynb)) of 512 and
+# 1024 tokens on the first 200 kB of the training text, encode the same train/validation
+# split with them, and train the baseline model (only the embedding grows with the
+# vocabulary) on the same budget: same steps, same batch, same tokens per step. The
+# character tokenizer (65 symbols) is the baseline run.
 
 # %%
 VOCABS = [512, 1024, 2048, 4096] if FULL_SWEEP else [512, 1024]
@@ -827,8 +867,6 @@ for v in encoded:
     # bits per byte: the per-token loss rescaled by tokens/bytes of the same text
     expected = per_token[v] / bytes_per_token[v] / math.log(2)
     assert math.isclose(bpb[v], expected, rel_tol=1e-9)
-if FULL_SWEEP:
-    assert bpb[1024] < bpb[chars.vocab_size]
 
 # %% [markdown]
 # The per-token loss rises with the vocabulary, as it must; in bits per byte the order
@@ -876,8 +914,8 @@ assert ModelConfig().dropout == 0.0 and defaults.weight_decay == 0.1
 #
 # ## 8.9 The lecture says / we observe
 #
-# One row per experiment, filled in from the runs above (at CI scale unless `FULL_SWEEP
-# = True`).
+# One row per experiment, filled in from the runs above (at CI scale unless the full
+# sweep is switched on, Section 8.10).
 
 # %% tags=["nbval-ignore-output"]
 ci = f"CI scale: {SIZE['dims']} dims × {SIZE['n_layers']} layers, {TRAIN.steps} steps"
@@ -887,6 +925,7 @@ gradient_ratio = init_grads["pre-norm"].mean() / init_grads["post-norm"].mean()
 fused_speedup = norm_time["LayerNorm, by hand"] / norm_time["LayerNorm, mx.fast"]
 rms_speedup = norm_time["LayerNorm, mx.fast"] / norm_time["RMSNorm, mx.fast"]
 lr_runs = f"after {STABILITY.steps} steps at lr {STABILITY.lr:g}"
+glu_gap = abs(sizes["SwiGLU"] - sizes["GELU (GPT-2)"]) / sizes["GELU (GPT-2)"]
 rows = [
     ("pre-norm: identity path, better-behaved gradients",
      f"pre-norm block with silent branches is exactly the identity; per-layer "
@@ -903,7 +942,8 @@ rows = [
      f"kernel {fused_speedup:.1f}× faster than by hand (LayerNorm), RMSNorm kernel "
      f"{rms_speedup:.1f}× faster than LayerNorm's"),
     ("SwiGLU at 8/3·d beats ReLU/GELU at 4·d, equal parameters",
-     f"parameters equal within 0.4%; val loss SwiGLU {val_loss('SwiGLU'):.3f}, "
+     f"parameters equal within {glu_gap:.1%}; "
+     f"val loss SwiGLU {val_loss('SwiGLU'):.3f}, "
      f"GELU {val_loss('GELU (GPT-2)'):.3f}, ReLU {val_loss('ReLU'):.3f}"),
     ("positions: RoPE took over; extrapolation differs",
      "loss beyond the training length minus within: "
@@ -942,17 +982,214 @@ assert all(math.isfinite(RUNS[name].metrics["loss"][-1]) for name in RUNS)
 # the compression of larger vocabularies. The quality comparisons (pre vs post, RMSNorm
 # vs LayerNorm, the activations, the position schemes, bits per byte across
 # vocabularies) come out within noise or by small margins after 80 steps of a 32-wide
-# model, and we do not read rankings into them.
+# model, and we do not read rankings into them: they are the full sweep's job.
 #
-# **The full sweep** (`FULL_SWEEP = True`) trains nanoGPT's CPU-sized model (128 dims, 4
-# layers, 2000 steps at lr 1e-3; the stability runs 500 steps at lr 1e-2) for each
-# variant, adds the GQA/MQA runs and vocabularies of 2048 and 4096, and asserts what the
-# lecture predicts at that scale: RMSNorm within 0.05 nats of LayerNorm, SwiGLU no worse
-# than ReLU, the learned table extrapolating worse than RoPE, GQA/MQA within 0.1 nats of
-# MHA, 1024-token BPE below characters in bits per byte (pre- vs post-norm is shown, not
-# asserted: at 4 layers with warmup a post-norm model can train as well). It is meant
-# for a Mac, about 16 runs of 2000 steps; on this 2-core CPU it would take hours, so
-# these full-scale asserts are the lecture's predictions, not results checked in CI.
+# ## 8.10 The recorded full sweep
+#
+# The full sweep is this page at nanoGPT's CPU model size, trained long enough for the
+# quality comparisons to mean something, with the GQA/MQA runs of Section 8.5 and two
+# more vocabularies added. A chapter source is a plain Python script, so it runs without
+# a notebook: `cd book && MLXLLM_FULL_SWEEP=1 python src/08_architecture_lab.py` (hours
+# on a 2-core CPU, minutes on a GPU). The CI-scale asserts about rankings are not made
+# there: at full scale a claim of the lecture that fails is a result to record, not an
+# error. Instead, the next cell writes what every section measured (each run's
+# validation curve, time and parameters, the probes, the summary above) to
+# `book/results/architecture_sweep_<date>.json`, and the cell after it reads the newest
+# such file committed with the book and judges each claim on it. The verdicts are
+# computed from the file; nothing in this text depends on them.
+
+# %%
+def jsonable(value):
+    """numpy values as Python ones, floats to 6 significant digits, NaN as null."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def run_record(name: str) -> dict:
+    """One training run: what it changed from the baseline, and what it measured."""
+    trainer = RUNS[name]
+    evals, best = trainer.metrics["eval"], trainer.metrics["best"]
+    model, base = trainer.model.config.to_dict(), BASE.to_dict()
+    train, default = trainer.config.to_dict(), TRAIN.to_dict()
+    return {"name": name,
+            "model_changes": {k: v for k, v in model.items() if v != base[k]},
+            "train_changes": {k: v for k, v in train.items() if v != default[k]},
+            "parameters": trainer.model.num_parameters(),
+            "seconds": SECONDS[name],
+            "val_loss": evals["val_loss"][-1],
+            "best_val_loss": best["val_loss"], "best_step": best["step"],
+            "val_bits_per_byte": trainer.val_bits_per_byte(evals["val_loss"][-1]),
+            "max_grad_norm": max(trainer.metrics["grad_norm"]),
+            "eval": evals}
+
+
+if FULL_SWEEP:
+    env = [f"{k}={os.environ[k]}" for k in
+           ("MLXLLM_FULL_SWEEP", "MLXLLM_SWEEP_STEPS", "MLXLLM_RESULTS_DIR")
+           if k in os.environ]
+    sweep_record = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{mx.default_device()}: {device_name()} ({platform.platform()})",
+        "mlx": mx.__version__,
+        "python": platform.python_version(),
+        "command": f"cd book && {' '.join(env)} python src/08_architecture_lab.py",
+        "size": SIZE, "model": BASE.to_dict(),
+        "train": TRAIN.to_dict(), "stability_train": STABILITY.to_dict(),
+        "total_seconds": sum(SECONDS.values()),
+        "runs": [run_record(name) for name in SECONDS],
+        # names under which a section reuses an earlier run
+        "aliases": {alias: next(n for n in SECONDS if RUNS[n] is RUNS[alias])
+                    for alias in RUNS if alias not in SECONDS},
+        "pre_vs_post_norm": {"init_gradient_norms": init_grads,
+                             "init_spread_pre": spread_pre,
+                             "init_ratio_pre_to_post": gradient_ratio},
+        "norms": {"parameters": counts, "flop_share": norm_share,
+                  "seconds": norm_time, "forward_seconds": forward,
+                  "runtime_share": runtime_share},
+        "activations": {"parameters": sizes, "swiglu_ffn_dims": glu_dims},
+        "positions": {"parameters": position_params, "length_gap": length_gap,
+                      "bucket": bucket,
+                      "loss_by_position": {n: losses.reshape(-1, bucket).mean(axis=1)
+                                           for n, losses in by_position.items()}},
+        "stability": {"probe_every": 10, "final": final, "qk_bound": bound,
+                      "probes": {n: PROBES[f"lr {STABILITY.lr:g}: {n}"]
+                                 for n in STABLE_RUNS}},
+        "vocabulary": {"bytes_per_token": bytes_per_token, "val_loss": per_token,
+                       "bits_per_byte": bpb},
+        "summary": rows,
+    }
+    sweep_path = RESULTS / f"architecture_sweep_{sweep_record['date']}.json"
+    write_atomic(sweep_path, json.dumps(jsonable(sweep_record), indent=1) + "\n")
+    print(f"wrote {sweep_path}")
+
+# %%
+def differences(record: dict) -> str:
+    changes = {**record["model_changes"], **record["train_changes"]}
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "(the baseline)"
+
+
+def verdict(what: str, names: tuple, values: tuple, margin: float = 0.0) -> None:
+    """The lecture says the first is lower than the second (or above it by at most
+    `margin`): print both values, which is lower, and whether that holds."""
+    (a_name, b_name), (a, b) = names, values
+    lower = ("equal to 3 decimals" if round(a, 3) == round(b, 3)
+             else f"{a_name if a < b else b_name} lower")
+    claim = f"{a_name} at most {margin:g} above" if margin else f"{a_name} lower"
+    holds = "holds" if a < b + margin else "does not hold"
+    print(f"{a_name} vs {b_name}, {what}: {a:.3f} vs {b:.3f} → {lower} "
+          f"(lecture: {claim}; {holds})")
+
+
+recorded = sorted(RESULTS.glob("architecture_sweep_*.json"))
+if not recorded:
+    print("no full sweep committed yet: `cd book && MLXLLM_FULL_SWEEP=1 python "
+          "src/08_architecture_lab.py` writes results/architecture_sweep_<date>.json")
+else:
+    sweep = json.loads(recorded[-1].read_text())
+    swept = {r["name"]: r for r in sweep["runs"]}
+    swept.update({alias: swept[name] for alias, name in sweep["aliases"].items()})
+    size, recipe = sweep["size"], sweep["train"]
+    print(f"{recorded[-1].name}: {sweep['machine']}, MLX {sweep['mlx']}")
+    if "note" in sweep:
+        print("note:", sweep["note"])
+    print(f"{size['dims']} dims × {size['n_layers']} layers, {recipe['steps']} steps "
+          f"of {recipe['batch_size']} × {recipe['context']} tokens at lr "
+          f"{recipe['lr']:g}; {len(sweep['runs'])} runs, "
+          f"{sweep['total_seconds']:.0f} s of training in all")
+    cells = "".join(
+        f"<tr><td>{escape(r['name'])}</td><td>{escape(differences(r))}</td>"
+        f"<td>{r['parameters']:,}</td><td>{r['val_loss']:.3f}</td>"
+        f"<td>{r['best_val_loss']:.3f} ({r['best_step']})</td>"
+        f"<td>{r['seconds']:.1f}</td></tr>" for r in sweep["runs"])
+    display(HTML("<table><tr><th>run</th><th>differs from the baseline in</th>"
+                 "<th>parameters</th><th>final val loss</th><th>best (step)</th>"
+                 f"<th>seconds</th></tr>{cells}</table>"))
+
+    def loss(name: str) -> float:
+        return swept[name]["val_loss"]
+
+    gaps, stable = sweep["positions"]["length_gap"], sweep["stability"]["final"]
+    bits = sweep["vocabulary"]["bits_per_byte"]
+    characters = str(sweep["model"]["vocab_size"])
+    verdict("val loss", ("pre-norm", "post-norm"),
+            (loss("pre-norm (GPT-2)"), loss("post-norm")))
+    verdict("largest gradient norm", ("pre-norm", "post-norm"),
+            (swept["pre-norm (GPT-2)"]["max_grad_norm"],
+             swept["post-norm"]["max_grad_norm"]))
+    verdict("val loss", ("RMSNorm", "LayerNorm"),
+            (loss("RMSNorm"), loss("pre-norm (GPT-2)")), margin=0.05)
+    verdict("val loss", ("SwiGLU", "GELU"), (loss("SwiGLU"), loss("GELU (GPT-2)")))
+    verdict("val loss", ("SwiGLU", "ReLU"), (loss("SwiGLU"), loss("ReLU")))
+    verdict("val loss", ("GELU", "ReLU"), (loss("GELU (GPT-2)"), loss("ReLU")))
+    verdict("val loss", ("RoPE", "learned"), (loss("RoPE"), loss("learned (GPT-2)")))
+    verdict("loss beyond − within the training length", ("RoPE", "learned"),
+            (gaps["RoPE"], gaps["learned (GPT-2)"]))
+    for name in ("GQA (2 kv heads)", "MQA (1 kv head)"):
+        verdict("val loss", (name.split()[0], "MHA"),
+                (loss(name), loss("pre-norm (GPT-2)")), margin=0.05)
+    verdict("largest attention score", ("QK-norm", "plain"),
+            (stable["QK-norm"][0], stable["plain"][0]))
+    verdict("|mean log Z|", ("z-loss", "plain"),
+            (abs(stable["z-loss 1e-2"][1]), abs(stable["plain"][1])))
+    verdict("bits per byte", ("BPE 1024", "characters"),
+            (bits["1024"], bits[characters]))
+    print("bits per byte by vocabulary size: "
+          + ", ".join(f"{v}: {b:.3f}" for v, b in bits.items()))
+
+    panels = {
+        "where the norm goes, which norm": [
+            ("pre-norm, LayerNorm (baseline)", "pre-norm (GPT-2)"),
+            ("post-norm", "post-norm"), ("RMSNorm", "RMSNorm"),
+            ("no norm", "no norm")],
+        "feed-forward activation": [
+            ("GELU (baseline)", "GELU (GPT-2)"), ("ReLU", "ReLU"),
+            ("SwiGLU", "SwiGLU")],
+        "positions": [
+            ("learned (baseline)", "learned (GPT-2)"), ("sinusoidal", "sinusoidal"),
+            ("RoPE", "RoPE"), ("none (NoPE)", "none (NoPE)")],
+        "attention heads": [
+            ("MHA (baseline)", "pre-norm (GPT-2)"), ("GQA", "GQA (2 kv heads)"),
+            ("MQA", "MQA (1 kv head)")],
+    }
+    fig, axes = plt.subplots(2, 2, figsize=(8, 5.6), sharex=True)
+    for ax, (title, curves) in zip(axes.flat, panels.items()):
+        for label, name in curves:
+            evals = swept[name]["eval"]  # step 0 (the untrained model) left out
+            ax.plot(evals["step"][1:], evals["val_loss"][1:], "o-", markersize=3,
+                    label=label)
+        finals = [loss(name) for _, name in curves]
+        ax.set_ylim(min(finals) - 0.05, max(finals) + 0.3)  # zoom on the ends
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(labelsize=9)
+        ax.legend(fontsize=9, loc="upper right")
+    for ax in axes[1]:
+        ax.set_xlabel("step", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation loss (nats/token)", fontsize=9)
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# Each verdict compares two runs of one seed at one size. The sweep does not measure how
+# much another seed would move a loss, so read a difference in the last printed digits
+# as a tie, and a verdict as evidence about this scale, not about the models the
+# lecture surveys.
+#
+# Read honestly, the sweep committed with this page (0.8M parameters, 1000 steps, on a
+# GPU) supports the lecture where the effect is structural: RoPE beats learned positions
+# and degrades far less past the training length, QK-norm bounds the attention scores,
+# z-loss pins $\log Z$ near 0, GQA and MQA cost little loss for a much smaller cache,
+# RMSNorm matches LayerNorm, and a BPE vocabulary compresses better than characters. It
+# does *not* reproduce the quality rankings that the lecture draws from models a
+# thousand times larger: here post-norm trains as well as pre-norm (at four layers
+# Adam's per-parameter rescaling lets both train, Section 8.1) and plain ReLU edges
+# out both GELU and SwiGLU. Those are the claims that need depth,
+# width and tokens this page does not spend.
 
 # %% [markdown]
 # ## Exercises
@@ -1054,4 +1291,5 @@ print(f"by hand {by_hand:.3f} nats (of which z-loss {z_term:.3f}) == "
 #   output $\log Z$, loss by position beyond the training length, measured KV-cache
 #   bytes against the formula, bits per byte across tokenizers.
 # - Asserts only on what holds by construction or shows up clearly at CI scale; loss
-#   rankings only in the opt-in full sweep.
+#   rankings only from the recorded full sweep (Section 8.10), as verdicts computed
+#   from its results file.

@@ -11,17 +11,18 @@
 # ask for it; fine-tuning teaches it: a few hundred optimizer steps on examples of the
 # task change the model's weights so that the skill becomes its default behaviour.
 #
-# This chapter fine-tunes the real model of Chapter 7, SmolLM2-135M-Instruct in 4 bits,
-# on a skill it measurably lacks: writing a date given in words or numbers ("the 5th of
-# March, 2021", "3/5/2021 (month first)") in ISO 8601 ("2021-03-05"). It builds the
-# pieces the package needs and reuses everything else:
+# This chapter fine-tunes the real model of [Chapter 7](07_pretrained.ipynb),
+# SmolLM2-135M-Instruct in 4 bits, on a skill it measurably lacks: writing a date given
+# in words or numbers ("the 5th of March, 2021", "3/5/2021 (month first)") in ISO 8601
+# ("2021-03-05"). It builds the pieces the package needs and reuses everything else:
 #
 # - **LoRA** (`mlxllm.lora`): instead of updating a weight matrix W, learn a low-rank
 #   update beside it, y = Wx + (α/r)·B A x, with W frozen;
 # - **QLoRA**: the same on the 4-bit model, whose weights stay packed;
 # - **supervised fine-tuning on chat data** (`mlxllm.sft`): conversations rendered with
 #   the model's chat template, the loss on the assistant's tokens only, trained by the
-#   same compiled step, schedule and clipping as Chapter 6's `Trainer`;
+#   same compiled step, schedule and clipping as [Chapter 6](06_training.ipynb)'s
+#   `Trainer`;
 # - **a measurement**: exact match of greedy answers on a held-out test split, before
 #   and after (`mlxllm.tasks` makes the data, `mlxllm finetune` runs it all).
 #
@@ -99,14 +100,16 @@ assert sum(not keep for keep in learn) == len(
 
 # %% [markdown]
 # `sft.make_rows` turns conversations into the trainer's rows: an (N, 2, T) array of
-# inputs and targets, shifted by one as in Chapter 5, with `IGNORE` on the prompt.
+# inputs and targets, shifted by one as in [Chapter 5](05_next_token_prediction.ipynb),
+# with `IGNORE` on the prompt.
 #
 # **Padding or packing?** The examples are short and of similar length, so each row
 # holds one conversation, right-padded to the longest (pads: input 0, target
 # `IGNORE`). Under a causal mask right padding is exact: a real token never attends to
 # the pads after it. Packing several conversations into one row wastes no compute on
 # pads but needs a block-diagonal attention mask (or lets examples see each other);
-# at ~75 tokens per conversation and < 10% padding, it would not pay here.
+# with so little padding (in the four rows below, 290 of the 300 target slots are
+# real), it would not pay here.
 
 # %%
 rows = sft.make_rows(tokenizer, splits["train"][:4])
@@ -119,11 +122,11 @@ print("targets with loss, masked:", int((rows[:, 1] != IGNORE).sum()),
 # What changes without the mask? The loss becomes an average over *every* target, and
 # 242 of these 290 are the system prompt and the question. Part of that is easy (the
 # system prompt is the same in every example), part is impossible: the date in the
-# question is random, so no model can predict it. One forward pass of the real model
-# on the first row shows how the second part dominates: averaged over everything the
-# loss is several times the answer's. Trained that way, most of the gradient would go
-# into guessing the user's random dates, which the model never has to produce, and the
-# answer, the only part we care about, would get a sixth of the weight.
+# question is random, so no model can predict it. One forward pass of the real model on
+# the first row shows how the second part dominates: averaged over everything the loss
+# is more than twice the answer's (the cell asserts it). Trained that way, most of the
+# gradient would go into guessing the user's random dates, which the model never has to
+# produce, and the answer, the only part we care about, would get a sixth of the weight.
 
 # %% tags=["nbval-ignore-output"]
 model.eval()
@@ -319,18 +322,19 @@ print(f"adapters: {adapter_mb:.1f} MB, + gradients and AdamW moments: "
 # %% [markdown]
 # ## 9.6 Training: the same trainer, on rows with a mask
 #
-# `mlxllm.sft.make_trainer` builds Chapter 6's `Trainer` over the rows of §9.2. Given
-# (N, 2, T) rows instead of a token stream, the trainer draws whole rows and averages
-# the loss over the targets that are not `IGNORE` (`masked_cross_entropy`); the step is
-# the same compiled function, with the same warmup and cosine schedule, gradient
-# clipping and accumulation. `nn.value_and_grad` differentiates the *trainable*
-# parameters only, and the optimizer is built for those, so only the adapters move.
+# `mlxllm.sft.make_trainer` builds [Chapter 6](06_training.ipynb)'s `Trainer` over the
+# rows of §9.2. Given (N, 2, T) rows instead of a token stream, the trainer draws whole
+# rows and averages the loss over the targets that are not `IGNORE`
+# (`masked_cross_entropy`); the step is the same compiled function, with the same warmup
+# and cosine schedule, gradient clipping and accumulation. `nn.value_and_grad`
+# differentiates the *trainable* parameters only, and the optimizer is built for those,
+# so only the adapters move.
 #
-# One training step of the real model takes about a minute on the 2-core CPU that tests
-# this book (a GPU does it in milliseconds), so the demonstration here trains LoRA on a
-# *tiny random* model with the real tokenizer and chat template: it cannot learn dates
-# in five steps, but the machinery is the same, its loss on the training batch must
-# fall, and only its adapters may change. The real run is §9.8's.
+# One training step of the real model is too slow for the 2-core CPU that tests this
+# book (§9.8's recorded run gives the training time on a GPU), so the demonstration here
+# trains LoRA on a *tiny random* model with the real tokenizer and chat template: it
+# cannot learn dates in five steps, but the machinery is the same, its loss on the
+# training batch must fall, and only its adapters may change. The real run is §9.8's.
 
 # %% tags=["nbval-ignore-output"]
 mx.random.seed(0)
@@ -355,12 +359,13 @@ changed = [k for k, v in tree_flatten(small.parameters())
 assert changed and all(k.endswith((".lora_a", ".lora_b")) for k in changed)
 
 # %% [markdown]
-# The adapters can be saved alone (`save_adapters`: a few MB of safetensors and a small
-# JSON config, each written atomically) and applied to a fresh copy of the base model
-# (`load_adapters`), or merged into it: `merge_lora` replaces each wrapped layer by one
-# dense `nn.Linear` holding W + (α/r)·B A. For a 4-bit base, merging dequantizes W and
-# keeps the merged layer in float: re-quantizing would round the small update away.
-# Here on a small copy of one block, so that it stays quick:
+# The adapters can be saved alone (`save_adapters`: §9.5's adapter arrays as
+# safetensors, and a small JSON config, each written atomically) and applied to a fresh
+# copy of the base model (`load_adapters`), or merged into it: `merge_lora` replaces
+# each wrapped layer by one dense `nn.Linear` holding W + (α/r)·B A. For a 4-bit base,
+# merging dequantizes W and keeps the merged layer in float: re-quantizing would round
+# the small update away. Here on a tiny random 4-bit model of two blocks, so that it
+# stays quick:
 
 # %%
 tiny = TransformerLM(ModelConfig.llama(vocab_size=64, context_length=32, dims=64,
@@ -429,14 +434,14 @@ else:
 # The task was learned (from no correct answer to nearly all), and something was lost:
 # in the recorded run, the fine-tuned model answers the general question with a date.
 # 300 steps on 2,000 date conversations, with adapters on every projection of all 30
-# layers, drove the training loss to about 0.0002: the adapters now turn every question
-# into the one task they have seen. This is **catastrophic forgetting** in its plainest
-# form, and LoRA does not prevent it; it only makes it reversible: the base weights are
-# untouched, so the same model without `--adapter` answers as before. The usual
-# remedies, which this run does not try: mix general conversations into the training
-# data (a tenth to a fifth of it), stop early on a validation set that includes them,
-# or adapt fewer layers with a smaller rank and learning rate, and measure a set of
-# general questions before and after, as the run measures one.
+# layers, drove the training loss nearly to zero (the `losses` field of the results
+# file): the adapters now turn every question into the one task they have seen. This is
+# **catastrophic forgetting** in its plainest form, and LoRA does not prevent it; it
+# only makes it reversible: the base weights are untouched, so the same model without
+# `--adapter` answers as before. The usual remedies, which this run does not try: mix
+# general conversations into the training data, stop early on a validation set that
+# includes them, or adapt fewer layers with a smaller rank and learning rate, and
+# measure a set of general questions before and after, as the run measures one.
 
 # %% [markdown]
 # ## What we built
@@ -450,8 +455,9 @@ else:
 #   `mx.quantized_matmul` and equal those of the dequantized weights.
 # - **`mlxllm.sft`**: chat JSONL in and out, `render` (ids + an exact assistant-token
 #   mask from the chat template), `make_rows` (right-padded rows, `IGNORE` targets),
-#   `make_trainer` (Chapter 6's `Trainer` on rows, masked loss, trainable parameters
-#   only), `exact_match` (batched greedy decoding, stopped at end of turn).
+#   `make_trainer` ([Chapter 6](06_training.ipynb)'s `Trainer` on rows, masked loss,
+#   trainable parameters only), `exact_match` (batched greedy decoding, stopped at end
+#   of turn).
 # - **`mlxllm.tasks`**: the date task, seeded, with disjoint splits.
 # - **`mlxllm finetune MODEL --data ... --eval ... --out ...`** and
 #   **`mlxllm chat MODEL --adapter DIR`**; `scripts/finetune_run.sh` records a run.

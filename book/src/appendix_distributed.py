@@ -1,13 +1,18 @@
 # %% [markdown]
 # # Appendix: data-parallel training, the same step on more data
 #
-# One Mac trains our presets in minutes to hours. When a reader outgrows it, the first
-# tool is **data parallelism**: run the *same* training step on several machines at
-# once, each on its own share of the batch, and combine their gradients before the
-# optimizer moves. MLX ships everything needed for that: `mx.distributed` (collective
-# operations over a *ring* of TCP connections, over MPI, or NCCL on CUDA) and the
-# `mlx.launch` launcher that starts one process per machine. `mlxllm train` runs
-# unchanged under it.
+# ```
+# rank 0: half 0 of the batch ─▶ forward, backward ─▶ gradients ─┐
+#                                                                ├─ mean ─▶ one update
+# rank 1: half 1 of the batch ─▶ forward, backward ─▶ gradients ─┘
+# ```
+#
+# One Mac is enough to train our presets. When a reader outgrows it, the first tool is
+# **data parallelism**: run the *same* training step on several machines at once, each
+# on its own share of the batch, and combine their gradients before the optimizer moves.
+# MLX ships everything needed for that: `mx.distributed` (collective operations over a
+# *ring* of TCP connections, over MPI, or NCCL on CUDA) and the `mlx.launch` launcher
+# that starts one process per machine. `mlxllm train` runs unchanged under it.
 #
 # This page derives why the averaged step is the same step, draws the all-reduce that
 # averages, counts the bytes it moves for each preset, estimates when that pays, shows
@@ -94,8 +99,8 @@ print(f"{len(flat_whole)} gradient arrays: the mean of the two half-batch gradie
 # %% [markdown]
 # In the package, `mlxllm/distributed.py` holds the few helpers; the group comes from
 # `mx.distributed.init()`, which has size 1 when the program is started plainly (then
-# every helper does nothing, and training is exactly what Chapter 6 built). Each rank
-# takes a disjoint slice of the rows of the same seeded global batch:
+# every helper does nothing, and training is exactly what [Chapter 6](06_training.ipynb)
+# built). Each rank takes a disjoint slice of the rows of the same seeded global batch:
 
 # %%
 print(inspect.getsource(distributed.shard_rows))
@@ -305,11 +310,13 @@ assert min_tokens["1 GbE"] > min_tokens["10 GbE"] > min_tokens["Thunderbolt (IP)
 # mlx.launch -n 2 --backend ring -- mlxllm train --preset tiny --out runs/dp
 # ```
 #
-# On a machine with **one** GPU this still works, and is still correct: measured on an
-# NVIDIA H200 on 2026-11-29, with the ring backend an `all_sum` of GPU arrays completes
-# in both ranks, because the ring moves the data through host memory (over loopback
-# sockets), whatever device the arrays live on. Both ranks share the one GPU, though, so
-# there is no speed-up: it is a way to test a data-parallel setup, not to train faster.
+# On a machine with **one** GPU this still works, and is still correct: with the ring
+# backend an `all_sum` of GPU arrays completes in both ranks, because the ring moves the
+# data through host memory (over loopback sockets), whatever device the arrays live on
+# (checked on an NVIDIA H200 and recorded as `one_gpu_two_ranks` in
+# `book/results/data_parallel_2026-11-29_h200x2.json`). Both ranks share the one GPU,
+# though, so expect no speed-up: it is a way to test a data-parallel setup, not to train
+# faster.
 #
 # **On several GPUs of one host** (CUDA), use the NCCL backend, one GPU per rank; NCCL
 # moves the gradient GPU to GPU (over NVLink where there is one):
@@ -373,10 +380,16 @@ assert min_tokens["1 GbE"] > min_tokens["10 GbE"] > min_tokens["Thunderbolt (IP)
 # ranks (they share one process group) and raises `TimeoutError`: a stuck launch fails
 # this cell after at most two minutes instead of hanging the notebook. It finds
 # `mlx.launch` next to the running Python (installed with `mlx` by `make install`) or on
-# `PATH`.
+# `PATH`. Its code is in `mlxllm/distributed.py`. A first launch: two ranks that exit
+# with their rank number as status, so rank 1 fails:
 
 # %%
-print(inspect.getsource(distributed.launch_local))
+exit_with_rank = "import sys, mlx.core as mx; sys.exit(mx.distributed.init().rank())"
+launched = distributed.launch_local([sys.executable, "-c", exit_with_rank], timeout=60)
+print("exit codes per rank:", launched.returncodes)
+# what the launcher's log says, which launch_local read for us
+assert "Node with rank 1 exited with code 1" in launched.stderr
+assert launched.returncodes == [0, 1]
 
 # %% [markdown]
 # Here is the start-up check at work: two ranks on this machine, identical except for
@@ -461,16 +474,17 @@ assert all(ms > 0 for ms in step_ms)
 print(f"speed-up: {step_ms[0] / step_ms[1]:.2f}×")
 
 # %% [markdown]
-# Do not read much into the speed-up: two ranks on one machine share its cores (or its
-# one GPU) with each other and with anything else running, and the tiny preset's step is
-# dominated by fixed per-step costs that halving the batch does not halve. The
-# all-reduce of its ~0.4 MB gradient over loopback is cheap. Data parallelism is for
-# separate GPUs or machines, and A.4 says when their link is fast enough. The equality
-# is the point: two ranks took the same steps as one process, to float32 rounding (the
-# tests in `tests/test_distributed.py` check the same through `mlxllm train`: parameters
-# within the tolerance of the single process, rank 0 alone writing the checkpoint, a
-# resume under 2 ranks that is bit-exact on the CPU backend, and mismatched ranks
-# stopping together).
+# Do not read much into the speed-up, which changes from run to run: two ranks on one
+# machine share its cores (or its one GPU) with each other and with anything else
+# running, and the tiny preset's step is so small that fixed per-step costs, which
+# halving the batch does not halve, weigh heavily in it; its all-reduce moves only the
+# ~0.4 MB gradient of A.3, over loopback. Data parallelism is for separate GPUs or
+# machines, and A.4 says when their link is fast enough. The equality is the point: two
+# ranks took the same steps as one process, to float32 rounding (the tests in
+# `tests/test_distributed.py` check the same through `mlxllm train`: parameters within
+# the tolerance of the single process, rank 0 alone writing the checkpoint, a resume
+# under 2 ranks that is bit-exact on the CPU backend, and mismatched ranks stopping
+# together).
 #
 # ## A.7 Recorded: two NVIDIA H200 GPUs
 #
@@ -548,8 +562,8 @@ assert not resume["bit_exact"]
 # and float32 products run in TF32. Over a resume, the small differences of the first
 # half are amplified by the second half's training (3.8e-4 after 40 steps). All stay
 # well inside the tolerance policy's TF32 bound, 5e-3. On MLX's CPU backend, where every
-# kernel sums in a fixed order, a resume is bit-exact (Chapter 6, and
-# `tests/test_distributed.py`).
+# kernel sums in a fixed order, a resume is bit-exact ([Chapter 6](06_training.ipynb),
+# and `tests/test_distributed.py`).
 
 # %% [markdown]
 # ## Exercises
