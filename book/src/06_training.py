@@ -448,13 +448,14 @@ assert final["val_loss"] < evals["val_loss"][0] - 1.0
 
 # %%
 m = trainer.metrics
-fig, axes = plt.subplots(1, 3, figsize=(12, 2.6))
+fig = plt.figure(figsize=(8, 5.4))  # the loss across the top, the diagnostics below it
+axes = [fig.add_subplot(2, 1, 1), fig.add_subplot(2, 2, 3), fig.add_subplot(2, 2, 4)]
 axes[0].plot(m["step"], m["loss"], lw=0.6, alpha=0.6, label="train (batch)")
 axes[0].plot(evals["step"], evals["train_loss"], "o-", label="train (eval)")
 axes[0].plot(evals["step"], evals["val_loss"], "o-", label="validation")
 axes[0].axhline(unigram_loss, color="gray", ls=":", label="unigram")
 axes[0].set(xlabel="step", ylabel="loss (nats/char)", title="loss")
-axes[0].legend(fontsize=7)
+axes[0].legend(fontsize=9)
 axes[1].plot(m["step"], m["grad_norm"])
 axes[1].axhline(preset.train.grad_clip, color="gray", ls=":")
 axes[1].set(xlabel="step", title="gradient global norm (clip at 1.0)")
@@ -463,7 +464,7 @@ for group in ("attention", "ffn", "embedding", "norm"):
     axes[2].plot(m["update_ratio"]["step"], ratios, label=group)
 axes[2].axhline(-3, color="gray", ls=":")
 axes[2].set(xlabel="step", title="log10 update:data ratio")
-axes[2].legend(fontsize=7)
+axes[2].legend(fontsize=8)
 plt.tight_layout()
 plt.show()
 assert all(np.isfinite(m["grad_norm"])) and len(m["loss"]) == preset.train.steps

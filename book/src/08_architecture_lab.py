@@ -260,7 +260,8 @@ assert init_grads["pre-norm"].mean() > 5 * init_grads["post-norm"].mean()
 # %% tags=["nbval-ignore-output"]
 run("pre-norm (GPT-2)")
 run("post-norm", dataclasses.replace(BASE, pre_norm=False))
-fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+fig = plt.figure(figsize=(8, 5.6))  # one panel across the top, two below: readable
+axes = [fig.add_subplot(2, 1, 1), fig.add_subplot(2, 2, 3), fig.add_subplot(2, 2, 4)]
 for name, norms in init_grads.items():
     axes[0].plot(range(1, len(norms) + 1), norms, "o-", markersize=3, label=name)
 axes[0].set_yscale("log")
@@ -727,7 +728,8 @@ STABLE_RUNS = {"plain": (BASE, STABILITY),
                "z-loss 1e-2": (BASE, dataclasses.replace(STABILITY, z_loss=1e-2))}
 for name, (config, train) in STABLE_RUNS.items():
     run(f"lr {STABILITY.lr:g}: {name}", config, train, probe=stability_probe)
-fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+fig = plt.figure(figsize=(8, 5.6))  # one panel across the top, two below: readable
+axes = [fig.add_subplot(2, 1, 1), fig.add_subplot(2, 2, 3), fig.add_subplot(2, 2, 4)]
 for name in STABLE_RUNS:
     probes = np.array(PROBES[f"lr {STABILITY.lr:g}: {name}"])
     steps = np.arange(len(probes)) * 10

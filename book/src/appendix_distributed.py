@@ -175,8 +175,8 @@ print(f"{len(history) - 1} steps = 2 (N − 1); "
       f"every rank holds the sum of all {N} buffers")
 
 # %%
-fig = plt.figure(figsize=(9, 2.6))
-ring = fig.add_axes([0.0, 0.05, 0.2, 0.85])
+fig = plt.figure(figsize=(8, 4.8))  # two rows: reduce-scatter above, all-gather below
+ring = fig.add_axes([0.01, 0.03, 0.3, 0.4])
 angles = np.pi / 2 - 2 * np.pi * np.arange(N) / N
 xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)
 for r in range(N):
@@ -184,25 +184,26 @@ for r in range(N):
                   arrowprops=dict(arrowstyle="->", color="gray",
                                   connectionstyle="arc3,rad=-0.25"))
     ring.add_patch(plt.Circle(xy[r], 0.3, color="tab:blue"))
-    ring.text(*xy[r], f"rank {r}", ha="center", va="center", color="white", fontsize=7)
+    ring.text(*xy[r], str(r), ha="center", va="center", color="white", fontsize=11)
 ring.set_xlim(-1.45, 1.45), ring.set_ylim(-1.45, 1.45)
 ring.set_aspect("equal"), ring.axis("off")
-ring.set_title("ring: send right", fontsize=8)
+ring.set_title("ranks 0–3 in a ring: each sends right", fontsize=9)
 for s, count in enumerate(history):
-    ax = fig.add_axes([0.23 + s * 0.111, 0.12, 0.1, 0.7])
+    column, row = (s, 0) if s < N else (s - N + 1, 1)  # all-gather under reduce-scatter
+    ax = fig.add_axes([0.25 + column * 0.19, 0.5 - row * 0.45, 0.16, 0.32])
     ax.imshow(count, cmap="Blues", vmin=0, vmax=N + 1)
     for r in range(N):
         for c in range(N):
             done = count[r, c] == N  # this rank holds the complete sum of this chunk
-            ax.text(c, r, count[r, c], ha="center", va="center", fontsize=6,
+            ax.text(c, r, count[r, c], ha="center", va="center", fontsize=9,
                     color="white" if done else "black")
     ax.set_xticks([]), ax.set_yticks([])
     phase = "start" if s == 0 else ("reduce-scatter" if s < N else "all-gather")
-    ax.set_title(f"{phase}\nstep {s}" if s else phase, fontsize=7)
+    ax.set_title(f"{phase}\nstep {s}" if s else phase, fontsize=9)
     if s == 0:
-        ax.set_ylabel("rank", fontsize=7), ax.set_xlabel("chunk", fontsize=7)
+        ax.set_ylabel("rank", fontsize=9), ax.set_xlabel("chunk", fontsize=9)
 fig.suptitle("ring all-reduce, N = 4: how many ranks' contributions each rank holds "
-             "per chunk", fontsize=8)
+             "per chunk", fontsize=10)
 plt.show()
 
 # %% [markdown]
@@ -381,10 +382,14 @@ assert min_tokens["1 GbE"] > min_tokens["10 GbE"] > min_tokens["Thunderbolt (IP)
 # this cell after at most two minutes instead of hanging the notebook. It finds
 # `mlx.launch` next to the running Python (installed with `mlx` by `make install`) or on
 # `PATH`. Its code is in `mlxllm/distributed.py`. A first launch: two ranks that exit
-# with their rank number as status, so rank 1 fails:
+# with their rank number as status, so rank 1 fails (after rank 0 is done):
 
 # %%
-exit_with_rank = "import sys, mlx.core as mx; sys.exit(mx.distributed.init().rank())"
+# rank 1 waits 2 s before failing: when a rank fails, mlx.launch stops the others, and
+# rank 0 should have finished by then
+exit_with_rank = ("import sys, time, mlx.core as mx; "
+                  "rank = mx.distributed.init().rank(); "
+                  "time.sleep(2 * rank); sys.exit(rank)")
 launched = distributed.launch_local([sys.executable, "-c", exit_with_rank], timeout=60)
 print("exit codes per rank:", launched.returncodes)
 # what the launcher's log says, which launch_local read for us
