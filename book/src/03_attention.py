@@ -429,8 +429,8 @@ assert held[0] == held[250] == 2 * 2 * 256 * 4 * 4
 # SmolLM2-135M-Instruct (30 layers of 9 query heads and 3 key/value heads, RoPE;
 # [Chapter 7](07_pretrained.ipynb) explains the loading; here it reads a 4-bit file
 # installed with the package, offline), and look for two kinds of head that
-# interpretability research found in every transformer language model it studied (Elhage
-# et al. 2021; Olsson et al. 2022, *In-context learning and induction heads*):
+# interpretability research found in every transformer language model it studied
+# {cite:p}`elhage2021mathematical,olsson2022incontext`:
 #
 # - a **previous-token head** puts its weight on position `t − 1`: it copies "which
 #   token came just before me" into each position;

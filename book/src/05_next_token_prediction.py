@@ -173,7 +173,8 @@ assert echoes >= ids.shape[1] - 2
 # ### What a trained model predicts
 #
 # For contrast, the same question put to a real model: SmolLM2-135M-Instruct, a 135M-
-# parameter LLaMA-style model trained by Hugging Face on about 2 trillion tokens, which
+# parameter LLaMA-style model trained by Hugging Face on about 2 trillion tokens
+# {cite:p}`allal2025smollm2`, which
 # the package loads offline from an installed 4-bit file
 # ([Chapter 7](07_pretrained.ipynb) takes it apart). After "The capital of France is", a
 # trained model does not spread its bet: one token takes most of the probability. Its

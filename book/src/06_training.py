@@ -344,16 +344,16 @@ if mx.default_device() == mx.cpu:
 
 # %% [markdown]
 # **Dropout.** The step below also carries MLX's random state, for dropout. Dropout
-# (Srivastava et al., 2014) is a regulariser used *only in training*: each number of an
-# activation is zeroed with probability `p`, and the survivors are scaled by `1/(1−p)`
-# so that the expected value is unchanged. No unit can rely on any single other unit
-# being there, which discourages memorising the training text. Our model drops where
-# nanoGPT does: the sum of token and position embeddings, each residual branch's output
-# before it joins the stream, and the attention probabilities (with `dropout > 0` in
-# training, attention takes the reference path of [Chapter 3](03_attention.ipynb),
-# because the fused kernel has no dropout). `model.eval()` switches it off for
-# evaluation and sampling. The `tiny` and `nanogpt-cpu` presets use `p = 0`; nanoGPT's
-# GPU recipe `shakespeare-char` uses 0.2.
+# {cite:p}`srivastava2014dropout` is a regulariser used *only in training*: each number
+# of an activation is zeroed with probability `p`, and the survivors are scaled by
+# `1/(1−p)` so that the expected value is unchanged. No unit can rely on any single
+# other unit being there, which discourages memorising the training text. Our model
+# drops where nanoGPT does: the sum of token and position embeddings, each residual
+# branch's output before it joins the stream, and the attention probabilities (with
+# `dropout > 0` in training, attention takes the reference path of [Chapter
+# 3](03_attention.ipynb), because the fused kernel has no dropout). `model.eval()`
+# switches it off for evaluation and sampling. The `tiny` and `nanogpt-cpu` presets use
+# `p = 0`; nanoGPT's GPU recipe `shakespeare-char` uses 0.2.
 
 # %%
 mx.random.seed(0)

@@ -141,8 +141,9 @@ assert on_everything > 2 * on_answer  # the question's random dates dominate
 # ## 9.3 LoRA by hand, on one layer of the real model
 #
 # Full fine-tuning updates every weight: W ← W + ΔW, with ΔW as large as W. LoRA
-# (Hu et al., 2021) bets that the update a task needs has low rank, and learns it as a
-# product ΔW = (α/r)·B A, with A of shape (r, in) and B of shape (out, r), r ≪ in, out:
+# {cite:p}`hu2021lora` bets that the update a task needs has low rank, and learns it as
+# a product ΔW = (α/r)·B A, with A of shape (r, in) and B of shape (out, r), r ≪ in,
+# out:
 #
 # y = W x + (α/r) · B (A x)
 #
@@ -180,10 +181,10 @@ print("W:", W.shape, "A:", layer.lora_a.shape, "B:", layer.lora_b.shape,
 print(inspect.getsource(LoRALinear.__call__))
 
 # %% [markdown]
-# **QLoRA** (Dettmers et al., 2023) is this with a quantized W. The forward pass uses
-# `mx.quantized_matmul` on the packed 4-bit words, never a dequantized copy, and the
-# gradient that reaches A and B flows back through that same kernel (its gradient with
-# respect to x). It equals the gradient computed with the dequantized W, within the
+# **QLoRA** {cite:p}`dettmers2023qlora` is this with a quantized W. The forward pass
+# uses `mx.quantized_matmul` on the packed 4-bit words, never a dequantized copy, and
+# the gradient that reaches A and B flows back through that same kernel (its gradient
+# with respect to x). It equals the gradient computed with the dequantized W, within the
 # float tolerance:
 
 # %%
