@@ -382,10 +382,14 @@ print(inspect.getsource(training.make_train_step))
 # %% [markdown]
 # `Trainer.train_step` draws the batch, calls the step and evaluates once: the loss, the
 # gradient norm, the learning rate, the parameters and the optimizer state in a single
-# `mx.eval`. A loss that becomes NaN or infinite stops training with a clear error,
-# *before* anything is saved, so the last good checkpoint survives. The trainer is in
-# `mlxllm/training.py`; here is one step of a fresh `tiny` model, then a step after we
-# poison one parameter with NaN:
+# evaluation. The training loop (`Trainer.steps`, which `run` and `mlxllm train` use)
+# goes one step further: it queues step k + 1 with `mx.async_eval` *before* it reads
+# step k's loss, so the GPU starts the next step while Python is still reading the last
+# one; it stops queueing ahead where an evaluation or a checkpoint needs the model
+# exactly as it is. A loss that becomes NaN or infinite stops training with a clear
+# error, *before* anything is saved, so the last good checkpoint survives. The trainer
+# is in `mlxllm/training.py`; here is one step of a fresh `tiny` model, then a step
+# after we poison one parameter with NaN:
 
 # %%
 tiny = PRESETS["tiny"]
