@@ -418,7 +418,8 @@ class Trainer:
         try:
             for i in range(n):
                 following = self._launch(launched[0] + 1) if i + 1 < n else None
-                loss = self._finish(launched)
+                current, launched = launched, None  # a step that fails its check is not finished twice
+                loss = self._finish(current)
                 launched = following
                 yield loss
         finally:
