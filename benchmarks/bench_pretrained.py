@@ -86,12 +86,12 @@ def main() -> None:
 
     # greedy tokens must agree until a near-tie of mlx-lm's logits (top-2 margin within the dtype's tolerance),
     # where different kernels (a compiled step, another reduction order) may rightly pick either token
-    ours_tokens = runs["mlxllm"][0][0]
-    steps = generate_step(mx.array(prompt), theirs, max_tokens=args.tokens)
-    their_tokens, their_logprobs = zip(*((int(t), lp) for t, lp in steps))
+    ours_tokens, their_tokens = runs["mlxllm"][0][0], runs["mlx-lm"][0][0]
     agree = next((i for i, (a, b) in enumerate(zip(ours_tokens, their_tokens)) if a != b), len(their_tokens))
     same = agree == len(their_tokens)
-    if not same:
+    if not same:  # mlx-lm's logprobs at the first disagreement (greedy decoding repeats itself)
+        steps = generate_step(mx.array(prompt), theirs, max_tokens=agree + 1)
+        their_logprobs = [lp for _, lp in steps]
         row = np.array(their_logprobs[agree].astype(mx.float32)).reshape(-1)
         second, first = np.sort(row)[-2:]
         near_tie = first - second <= 2 * bound(getattr(mx, args.dtype)) * float(np.abs(row).max())

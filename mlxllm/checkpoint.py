@@ -122,10 +122,11 @@ def check_arrays(saved: dict[str, mx.array], current: dict[str, mx.array], what:
         raise CheckpointError(f"{what}: the checkpoint has {extra[0]}, which this model does not")
 
 
-def load_model_weights(model: TransformerLM, folder: str | Path, name: str = "model.safetensors") -> None:
+def load_model_weights(model: TransformerLM, folder: str | Path, name: str = "model.safetensors",
+                       manifest: dict | None = None) -> None:
     """Load a checkpoint's ``model.safetensors`` into ``model``; another config or shape → error naming it.
-    Built in Chapter 6, Training."""
-    manifest = read_manifest(folder)
+    ``manifest``: the folder's, when the caller has read it already. Built in Chapter 6, Training."""
+    manifest = manifest or read_manifest(folder)
     if problem := first_config_mismatch(manifest["model"], model.config.to_dict()):
         raise CheckpointError(f"checkpoint {folder} does not match the model: {problem}")
     weights = read_arrays(folder, manifest, name)
@@ -145,8 +146,10 @@ def load_model(folder: str | Path) -> tuple[TransformerLM, object]:
     """The kept model (in eval mode) and its tokenizer, from a checkpoint folder written by ``Trainer``. Chapter 6."""
     manifest = read_manifest(folder)
     model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
-    model.set_dtype(mx.bfloat16 if manifest["train"]["dtype"] == "bfloat16" else mx.float32)
-    load_model_weights(model, folder)
+    from mlxllm.training import TrainConfig  # here: training imports this module
+
+    model.set_dtype(TrainConfig.from_dict(manifest["train"]).parameter_dtype)
+    load_model_weights(model, folder, manifest=manifest)
     model.eval()
     return model, load_checkpoint_tokenizer(folder, manifest)
 

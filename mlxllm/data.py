@@ -174,14 +174,15 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, allowed_special="all")  # every tokenizer takes it (TokenizerProtocol)
 
 
-def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True) -> np.ndarray:
+def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True, corpus_sha256: str | None = None) -> np.ndarray:
     """All token ids of a corpus as a 1-D uint16 (vocab ≤ 65,536) or uint32 array, cached on disk.
 
     The cache file ``<cache_dir>/tokens/<name>-<corpus sha256>-<tokenizer sha256>.npy`` is keyed by the
     corpus bytes and the tokenizer, so a changed file or a retrained tokenizer never reuses stale ids.
+    ``corpus_sha256``: the file's digest, when the caller has computed it already.
     """
     path = corpus_path(source)
-    key = f"{sha256_of(path)[:16]}-{tokenizer_fingerprint(tokenizer)[:16]}"
+    key = f"{(corpus_sha256 or sha256_of(path))[:16]}-{tokenizer_fingerprint(tokenizer)[:16]}"
     cached = cache_dir() / "tokens" / f"{path.stem}-{key}.npy"
     if cache and cached.is_file():
         return np.load(cached)
@@ -266,5 +267,6 @@ def prepare_corpus(source: str | Path, tokenizer, val_fraction: float = 0.1) -> 
     spec = tokenizer if isinstance(tokenizer, str) else f"{type(tokenizer).__name__} (given)"
     if isinstance(tokenizer, str):
         tokenizer = build_tokenizer(tokenizer, path.read_text(encoding="utf-8"))
-    train_ids, val_ids = split_ids(tokenize_corpus(path, tokenizer), val_fraction)
+    train_ids, val_ids = split_ids(tokenize_corpus(path, tokenizer, corpus_sha256=described["corpus_sha256"]),
+                                   val_fraction)
     return PreparedCorpus(train_ids, val_ids, tokenizer, {**described, "tokenizer": spec})

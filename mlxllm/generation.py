@@ -203,9 +203,10 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
 
     def next_after(token: mx.array) -> mx.array:
         """The token after ``token`` (1,), which follows ``history``; cached while the context has room."""
-        nonlocal cached, caches, offset
+        nonlocal cached, cache, caches, offset
         with mx.stream(_generation_stream):
             if cached >= context_length:  # the window is full: the last context_length tokens, without a cache
+                cache = caches = None  # never read again: let the storage go
                 earlier = history[len(history) - (context_length - 1):] if context_length > 1 else []
                 return forward(mx.concatenate([mx.array(earlier, dtype=token.dtype), token])[None], None)
             cached += 1

@@ -122,7 +122,7 @@ def merge_lora(model: nn.Module) -> int:
     A quantized base is dequantized first and the merged layer stays in float (re-quantizing would round
     the small update away); the model is unfrozen. Built in Chapter 9, Fine-tuning.
     """
-    merged = 0
+    merged, modules = 0, dict(model.named_modules())  # only leaves are replaced: the parents stay
     for path, layer in lora_layers(model):
         weight = dense_weight(layer.base)
         out_dims, in_dims = weight.shape
@@ -132,8 +132,7 @@ def merge_lora(model: nn.Module) -> int:
         if "bias" in layer.base:
             dense.bias = layer.base.bias
         parent_path, _, name = path.rpartition(".")
-        parent = dict(model.named_modules())[parent_path]
-        setattr(parent, name, dense)
+        setattr(modules[parent_path], name, dense)
         merged += 1
     model.unfreeze()
     return merged

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlxllm.checkpoint import load_checkpoint_tokenizer, read_manifest
-from mlxllm.data import describe_corpus, prepare_corpus, split_ids, tokenize_corpus
+from mlxllm.data import corpus_path, describe_corpus, prepare_corpus, split_ids, tokenize_corpus
 from mlxllm.model import ModelConfig
 from mlxllm.training import TrainConfig, Trainer
 
@@ -145,7 +145,8 @@ def resume_run(folder: str | Path, corpus: str | Path | None = None, tokenizer: 
         if "corpus" not in source:
             raise ValueError(f"{folder} does not record its corpus; pass --corpus")
         corpus = source["corpus"]
-    described = describe_corpus(corpus)
+    path = corpus_path(corpus)  # found (and, for a named corpus, verified) once
+    described = describe_corpus(corpus, path)
     if source.get("corpus_sha256") not in (None, described["corpus_sha256"]):
         changed = "has changed since" if described["corpus"] == source.get("corpus") else "is not the corpus of"
         raise ValueError(f"{described['corpus']} (sha256 {described['corpus_sha256'][:12]}…) {changed} the run in "
@@ -153,5 +154,6 @@ def resume_run(folder: str | Path, corpus: str | Path | None = None, tokenizer: 
                          "into another --out")
     config = dataclasses.replace(TrainConfig.from_dict(manifest["train"]), **overrides)
     tokenizer = load_checkpoint_tokenizer(folder, manifest)
-    train_ids, val_ids = split_ids(tokenize_corpus(corpus, tokenizer), config.val_fraction)
-    return Trainer.resume(folder, train_ids, val_ids, config)
+    ids = tokenize_corpus(path, tokenizer, corpus_sha256=described["corpus_sha256"])
+    train_ids, val_ids = split_ids(ids, config.val_fraction)
+    return Trainer.resume(folder, train_ids, val_ids, config, tokenizer)

@@ -93,7 +93,12 @@ def make_rows(tokenizer, conversations: list[list[dict]], length: int | None = N
 
     Right padding is exact under a causal mask: real tokens never attend to the pads after them.
     """
-    rendered = [render(tokenizer, m) for m in conversations]
+    return pack_rows([render(tokenizer, m) for m in conversations], length, mask_prompt)
+
+
+def pack_rows(rendered: list[tuple[list[int], list[bool]]], length: int | None = None,
+              mask_prompt: bool = True) -> np.ndarray:
+    """``make_rows`` for conversations already rendered (``render``'s ids and learn flags)."""
     longest = max(len(ids) for ids, _ in rendered) - 1
     length = longest if length is None else length
     if longest > length:
@@ -119,9 +124,10 @@ def make_trainer(model: nn.Module, tokenizer, train: list[list[dict]], valid: li
                  config: TrainConfig, mask_prompt: bool = True) -> Trainer:
     """A ``Trainer`` over the chat rows of ``train`` / ``valid`` for ``model`` as it is (after ``apply_lora``:
     only the adapters train). Built in Chapter 9, Fine-tuning."""
-    length = max(len(render(tokenizer, m)[0]) for m in train + valid) - 1
-    train_rows = make_rows(tokenizer, train, length, mask_prompt)
-    valid_rows = make_rows(tokenizer, valid, length, mask_prompt)
+    train_rendered, valid_rendered = ([render(tokenizer, m) for m in split] for split in (train, valid))
+    length = max(len(ids) for ids, _ in train_rendered + valid_rendered) - 1  # one row length for both
+    train_rows = pack_rows(train_rendered, length, mask_prompt)
+    valid_rows = pack_rows(valid_rendered, length, mask_prompt)
     model.train()
     mx.random.seed(config.seed)
     return Trainer(model, config, train_rows, valid_rows, make_optimizer(model, config), tokenizer,

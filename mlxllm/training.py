@@ -171,10 +171,11 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
     taken for the trainable parameters only, so a frozen model with LoRA adapters updates the adapters only.
     """
     loss_fn = token_loss(masked)
-    loss_and_grad = nn.value_and_grad(model, lambda m, x, y: loss_fn(m(x, check_ids=False), y,
-                                                                      z_loss=config.z_loss))
     if config.dtype == "mixed-bfloat16":
         loss_and_grad = mixed_precision(model, config, masked)
+    else:
+        loss_and_grad = nn.value_and_grad(model, lambda m, x, y: loss_fn(m(x, check_ids=False), y,
+                                                                          z_loss=config.z_loss))
     groups = parameter_groups(model)
     group = world()
     state = [model.state, optimizer.state, mx.random.state]
@@ -344,9 +345,11 @@ class Trainer:
         return trainer
 
     @classmethod
-    def resume(cls, folder: str | Path, train_ids, val_ids, config: TrainConfig | None = None) -> "Trainer":
+    def resume(cls, folder: str | Path, train_ids, val_ids, config: TrainConfig | None = None,
+               tokenizer=None) -> "Trainer":
         """Continue from a checkpoint exactly where it stopped: parameters, optimizer state, step, batch key,
-        metrics (``config`` may change only ``steps``, ``checkpoint_every``, ``patience`` and ``save``)."""
+        metrics (``config`` may change only ``steps``, ``checkpoint_every``, ``patience`` and ``save``).
+        ``tokenizer``: the checkpoint's, when the caller has loaded it already."""
         manifest = checkpoint.read_manifest(folder)
         train_config = TrainConfig.from_dict(manifest["train"])
         if config is not None:
@@ -358,14 +361,15 @@ class Trainer:
         metrics = checkpoint.read_json(folder, manifest, "metrics.json")
         model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
         model.set_dtype(train_config.parameter_dtype)
-        checkpoint.load_model_weights(model, folder, state.get("resume_from", "model.safetensors"))
+        checkpoint.load_model_weights(model, folder, state.get("resume_from", "model.safetensors"), manifest)
         model.train()
         optimizer = make_optimizer(model, train_config)
         saved = checkpoint.read_arrays(folder, manifest, "optimizer.safetensors")
         checkpoint.check_arrays(saved, dict(tree_flatten(optimizer.state)), f"optimizer state in {folder} does not match")
         optimizer.state = tree_unflatten(list(saved.items()))
-        trainer = cls(model, train_config, train_ids, val_ids, optimizer,
-                      checkpoint.load_checkpoint_tokenizer(folder, manifest), manifest.get("source") or {},
+        if tokenizer is None:
+            tokenizer = checkpoint.load_checkpoint_tokenizer(folder, manifest)
+        trainer = cls(model, train_config, train_ids, val_ids, optimizer, tokenizer, manifest.get("source") or {},
                       state["step"], mx.array(state["batch_key"], dtype=mx.uint32), metrics)
         # the best parameters are known only where the run kept them: model.safetensors beside a newer
         # latest.safetensors, or the current model when it was the best (a "last" run never kept them)
@@ -430,11 +434,11 @@ class Trainer:
         """Queue optimizer step number ``step`` on the device (``mx.async_eval``) and return its outputs.
 
         From here on the model and optimizer hold that step's (lazy) state; ``_finish`` reads its loss.
-        ``run`` launches step n + 1 before it reads step n's loss, so the device never waits for Python.
         """
         if self._step_fns is None:  # traced lazily: after a resume, against the restored state
             self._step_fns = [make_train_step(self.model, self.optimizer, self.config, diagnostics=d,
                                               masked=self.rows) for d in (False, True)]
+            self._groups = parameter_groups(self.model)  # the order of the diagnostic step's ratios
         with_diagnostics = step % self.DIAGNOSTICS_EVERY == 0
         inputs, targets = self.next_batch()
         loss, grad_norm, lr, *ratios = self._step_fns[with_diagnostics](inputs, targets)
@@ -457,7 +461,7 @@ class Trainer:
         if ratios:
             m = self.metrics["update_ratio"]
             m["step"] = m.get("step", []) + [self.step]
-            for group, ratio in zip(parameter_groups(self.model), ratios[0].tolist()):
+            for group, ratio in zip(self._groups, ratios[0].tolist()):
                 m.setdefault(group, []).append(ratio)
             self.flush_metrics()
         return loss
@@ -542,8 +546,8 @@ class Trainer:
             while self.step < until and not self.stopped_early and self._stop_signal is None:
                 # the next evaluation or checkpoint: the model must be exactly there, so the steps up to
                 # it run back to back and nothing is queued past it
-                end = min(until, (self.step // c.eval_interval + 1) * c.eval_interval,
-                          (self.step // c.checkpoint_every + 1) * c.checkpoint_every if c.checkpoint_every else until)
+                end = min([until] + [(self.step // every + 1) * every
+                                     for every in (c.eval_interval, c.checkpoint_every) if every])
                 with contextlib.closing(self.steps(end - self.step)) as steps:  # closed: nothing left queued
                     for loss in steps:
                         rate = (self.step - start_step) / (time.perf_counter() - started)

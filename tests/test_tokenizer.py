@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mlxllm.data import get_path
 from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, GPT4O_SPLIT_PATTERN, Tokenizer
-from mlxllm.tokenizer.patterns import Splitter
+from mlxllm.tokenizer.patterns import GPT2_DIGITS_SPLIT_PATTERN, LLAMA3_SPLIT_PATTERN, QWEN2_SPLIT_PATTERN, Splitter
 
 tiktoken = pytest.importorskip("tiktoken")
 tiktoken_load = pytest.importorskip("tiktoken.load")
@@ -251,7 +251,8 @@ def test_round_trip_on_arbitrary_unicode(trained, gpt2, cl100k, text):
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(alphabet=st.characters(max_codepoint=127)))
 def test_ascii_fast_path_splits_like_the_regex(text):
-    for pattern in (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, GPT4O_SPLIT_PATTERN):
+    for pattern in (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, GPT4O_SPLIT_PATTERN, GPT2_DIGITS_SPLIT_PATTERN,
+                    LLAMA3_SPLIT_PATTERN, QWEN2_SPLIT_PATTERN):
         splitter = Splitter(pattern)
         assert splitter.ascii.findall(text) == splitter.compiled.findall(text)
         assert list(splitter.iter_chunks(text)) == splitter.findall(text)

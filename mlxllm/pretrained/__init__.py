@@ -82,8 +82,4 @@ def load_pretrained(path_or_name: str | Path, dtype: mx.Dtype | str | None = Non
 def save_pretrained(model: TransformerLM, tokenizer, path: str | Path) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hugging Face folder that load_pretrained, mlx-lm and
     transformers open: config.json, model.safetensors, tokenizer files. Built in Chapter 7."""
-    config_to_hf(model.config)  # refuses a model no family expresses before anything is written
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has ids up to {tokenizer.vocab_size - 1}, but the model's vocab_size is "
-                         f"{model.config.vocab_size}: is this the tokenizer the model was trained with?")
     return write_hf_folder(model, tokenizer, path)

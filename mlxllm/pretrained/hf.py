@@ -180,10 +180,11 @@ def build_model(config: ModelConfig, weights: dict[str, mx.array], source: dict[
     if layouts:
         nn.quantize(model, class_predicate=lambda path, module: dict(layouts[path]) if path in layouts else False)
     _check_keys(model, weights, source)
-    # scales and biases in float32: scale·q + bias then rounds once, as in llama.cpp's dequantizer (float16
-    # arithmetic would round it again: ~1e-3 of the logits); row-major copies: no strided views reach the matmuls
-    scale_dtype = lambda name, v: mx.float32 if name.endswith((".scales", ".biases")) and dtype is None else dtype
-    cast = lambda name, v: v if v.dtype == mx.uint32 or scale_dtype(name, v) is None else v.astype(scale_dtype(name, v))
+    # scales and biases in float32 (see above); row-major copies: no strided views reach the matmuls
+    def cast(name: str, v: mx.array) -> mx.array:
+        target = mx.float32 if dtype is None and name.endswith((".scales", ".biases")) else dtype
+        return v if v.dtype == mx.uint32 or target is None else v.astype(target)
+
     model.update(tree_unflatten([(name, mx.contiguous(cast(name, value))) for name, value in weights.items()]))
     mx.eval(model.parameters())
     return model.eval()
@@ -257,7 +258,10 @@ def write_hf_folder(model: TransformerLM, tokenizer, path: str | Path) -> Path:
     checkpoint there (its index and shards are removed, so nothing stale is read back). Built in Chapter 7."""
     from mlxllm.tokenizer.hf import save_hf_tokenizer, special_token_ids
 
-    hf = config_to_hf(model.config)
+    hf = config_to_hf(model.config)  # refuses a model no family expresses before anything is written
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has ids up to {tokenizer.vocab_size - 1}, but the model's vocab_size is "
+                         f"{model.config.vocab_size}: is this the tokenizer the model was trained with?")
     quantization = _quantization(model)  # may refuse: before anything is written
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)

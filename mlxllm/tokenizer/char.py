@@ -7,16 +7,15 @@ checkpoint and the CLI can use either. Built in Chapter 6, Training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from .files import write_atomic
+from .files import checksum, write_atomic
 
 
 def _checksum(chars: list[str]) -> str:
-    return hashlib.sha256(json.dumps(chars, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return checksum(json.dumps(chars, ensure_ascii=False))
 
 
 class CharTokenizer:

@@ -50,7 +50,7 @@ QWEN2_SPLIT_PATTERN = (
     r"""|\s+(?!\S)|\s+"""
 )
 
-# The same three patterns restricted to ASCII text, for the standard library's `re`, which
+# The same patterns restricted to ASCII text, for the standard library's `re`, which
 # is ~3x faster than `regex` on \p{..} classes. In ASCII, \p{L} is [A-Za-z], \p{N} is [0-9],
 # \s is [ \t\n\v\f\r] in both modules, and a possessive quantifier at the end of an
 # alternative (or before a class it cannot overlap) matches what the greedy one matches.
@@ -71,6 +71,15 @@ _ASCII_EQUIVALENTS = {
             r"""\s+(?!\S)""",
             r"""\s+""",
         ]
+    ),
+    GPT2_DIGITS_SPLIT_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+|[0-9]| ?[^\sA-Za-z0-9]+|\s+(?![^\s0-9])|\s+""",
+    LLAMA3_SPLIT_PATTERN: (
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}| ?[^\sA-Za-z0-9]+[\r\n]*"""
+        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    ),
+    QWEN2_SPLIT_PATTERN: (
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]| ?[^\sA-Za-z0-9]+[\r\n]*"""
+        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
     ),
 }
 
