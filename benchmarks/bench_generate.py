@@ -60,38 +60,43 @@ def measure_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
     return 2 * n_bytes / best
 
 
-def time_stream(stream, n_prompt: int) -> tuple[list[int], dict[str, float]]:
-    """Run a token stream to the end; return its tokens and tokens/s of prefill and decode, both by the
-    wall clock and by this process's CPU time (which other jobs on a shared machine do not inflate)."""
+def time_run(make_stream, n_prompt: int, n: int) -> tuple[list[int], dict[str, float]]:
+    """Tokens of an ``n``-token run and tokens/s of prefill and decode, by the wall clock and by this process's
+    CPU time (which other jobs on a shared machine do not inflate).
+
+    Prefill is a run of one token (nothing else queued: the time to the first token). Decode is the rest of
+    the ``n``-token run, its total time minus that prefill: a decoder that queues its next tokens before
+    handing out the first then cannot hide their time in the prefill.
+    """
     wall, cpu = time.perf_counter(), time.process_time()
-    tokens = [next(stream)]  # the first token needs the whole prompt: time to first token = prefill
-    wall_first, cpu_first = time.perf_counter(), time.process_time()
-    tokens.extend(stream)
-    wall_end, cpu_end = time.perf_counter(), time.process_time()
-    n_decoded = len(tokens) - 1
+    list(make_stream(1))
+    prefill_wall, prefill_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter(), time.process_time()
+    tokens = list(make_stream(n))
+    total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
     return tokens, {
-        "prefill tokens/s": n_prompt / (wall_first - wall),
-        "decode tokens/s": n_decoded / (wall_end - wall_first),
-        "prefill tokens/CPU-s": n_prompt / (cpu_first - cpu),
-        "decode tokens/CPU-s": n_decoded / (cpu_end - cpu_first),
+        "prefill tokens/s": n_prompt / prefill_wall,
+        "decode tokens/s": (n - 1) / (total_wall - prefill_wall),
+        "prefill tokens/CPU-s": n_prompt / prefill_cpu,
+        "decode tokens/CPU-s": (n - 1) / max(total_cpu - prefill_cpu, 1e-9),
     }
 
 
 def ours(model: TransformerLM, prompt: list[int], n: int, compiled: bool = True):
-    """mlxllm's generate with its compiled decode step, or (compiled=False) the plain KVCache path."""
-    return time_stream(generate(model, prompt, n, temperature=0, compiled=compiled), len(prompt))
+    """mlxllm's generate with its compiled decode blocks, or (compiled=False) the plain KVCache path."""
+    return time_run(lambda k: generate(model, prompt, k, temperature=0, compiled=compiled), len(prompt), n)
 
 
 def theirs(model, prompt: list[int], n: int):
-    stream = (int(token) for token, _ in generate_step(mx.array(prompt), model, max_tokens=n))
-    return time_stream(stream, len(prompt))
+    return time_run(lambda k: (int(token) for token, _ in generate_step(mx.array(prompt), model, max_tokens=k)),
+                    len(prompt), n)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a ~15M-parameter model instead of ~56M")
     parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", choices=["gpu", "cpu"], default=None, help="default: MLX's default device")
     args = parser.parse_args()
@@ -109,8 +114,9 @@ def main() -> None:
     mx.eval(reference.parameters())
 
     prompt = mx.random.randint(0, config.vocab_size, (args.prompt_tokens,), key=mx.random.key(1)).tolist()
-    # warm up all three (the compiled step is traced once here, for the cache size the timed runs use)
-    ours(model, prompt, 4), ours(model, prompt, 4, compiled=False), theirs(reference, prompt, 4)
+    # warm up all three (the compiled blocks are traced here, for every cache size the timed runs use)
+    n = args.new_tokens  # the warm-up runs as long as the timed runs: every cache size is traced before timing
+    ours(model, prompt, n), ours(model, prompt, n, compiled=False), theirs(reference, prompt, n)
     runs = {"mlxllm": [], "mlxllm plain": [], "mlx-lm": []}
     for repeat in range(args.repeats):  # rotate who goes first, so that none always runs warmer
         trio = [("mlxllm", lambda: ours(model, prompt, args.new_tokens)),

@@ -53,6 +53,12 @@ class SamplingConfig:
         """True when sampling is argmax: the temperature is (practically) zero."""
         return self.temperature < GREEDY_TEMPERATURE
 
+    def __call__(self, logits: mx.array, key: mx.array | None = None) -> mx.array:
+        """Pick one id per row of (..., V) logits: argmax when greedy, else a draw from ``filter(logits)``."""
+        if self.greedy:
+            return mx.argmax(logits, axis=-1)
+        return mx.random.categorical(self.filter(logits), axis=-1, key=key)
+
     def filter(self, logits: mx.array) -> mx.array:
         """The logits the draw is made from: divided by the temperature, dropped tokens set to −inf.
 
@@ -90,12 +96,10 @@ def make_sampler(temperature: float = 1.0, top_k: int | None = None, top_p: floa
     """Build ``sampler(logits, key) → ids`` once, arguments checked here and not per token. Built in Chapter 5.
 
     Greedy (argmax) below ``GREEDY_TEMPERATURE``; otherwise a categorical draw from the filtered logits,
-    with ``key`` (``mx.random.key(seed)``) or, when it is None, MLX's global random state.
+    with ``key`` (``mx.random.key(seed)``) or, when it is None, MLX's global random state. The sampler is
+    the ``SamplingConfig`` itself: hashable, so ``generate`` keeps one compiled decode loop per sampler.
     """
-    config = SamplingConfig(temperature, top_k, top_p, min_p)
-    if config.greedy:
-        return lambda logits, key=None: mx.argmax(logits, axis=-1)
-    return lambda logits, key=None: mx.random.categorical(config.filter(logits), axis=-1, key=key)
+    return SamplingConfig(temperature, top_k, top_p, min_p)
 
 
 def sample(logits: mx.array, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -107,10 +111,25 @@ def sample(logits: mx.array, *, temperature: float = 1.0, top_k: int | None = No
     return make_sampler(temperature, top_k, top_p, min_p)(logits, key)
 
 
-_generation_stream = mx.new_thread_local_stream(mx.default_device())
+_generation_streams: dict[str, mx.Stream] = {}
 
-# Decode with one compiled step over a StaticKVCache (True) or with the plain KVCache path of Chapter 3 (False);
-# both give the same tokens. The benchmarks time both (benchmarks/bench_generate.py).
+
+def _generation_stream() -> mx.Stream:
+    """Decoding's own queue on the current default device (made on first use, so ``mx.set_default_device``
+    after import is respected): other work on the default stream cannot delay it."""
+    device = mx.default_device()
+    if str(device) not in _generation_streams:
+        _generation_streams[str(device)] = mx.new_thread_local_stream(device)
+    return _generation_streams[str(device)]
+
+# Tokens per compiled decode call. On a GPU a small model's decode is bound by the host (building and
+# launching each token's work), not by arithmetic: one call that runs DECODE_BLOCK steps, sampling
+# included, pays that cost once per block. Chapter 5 measures it.
+DECODE_BLOCK = 8
+
+
+# Decode with compiled blocks of steps over a StaticKVCache (True) or with the plain KVCache path of Chapter 3
+# (False); both give the same tokens. The benchmarks time both (benchmarks/bench_generate.py).
 def generate(
     model: TransformerLM,
     prompt_ids: Iterable[int],
@@ -128,12 +147,14 @@ def generate(
 ) -> Iterator[int]:
     """Yield new token ids one at a time: prefill the prompt once, then decode with the KV cache.
 
-    Sampling comes from the keywords or from a prebuilt ``sampler=make_sampler(...)``. Stops after
-    ``max_new_tokens`` or when a ``stop_ids`` token is drawn (it is not yielded). Generation may run past
+    Sampling comes from the keywords or from a prebuilt ``sampler=make_sampler(...)`` (any other sampler
+    must be mx operations only: it runs inside ``mx.compile``). Stops after ``max_new_tokens`` or when a
+    ``stop_ids`` token is drawn (it is not yielded). Generation may run past
     ``model.config.context_length``: the model then sees the last context_length tokens, as nanoGPT's
-    sampler does. ``seed`` or ``key`` make sampling reproducible. Arguments are checked when ``generate``
-    is called, before the first token is asked for. ``compiled=False`` decodes through the plain
-    ``KVCache`` path (the compiled step gives the same tokens). Built in Chapter 5.
+    sampler does. ``seed`` or ``key`` make sampling reproducible; without them the key is drawn from MLX's
+    global random state (so ``mx.random.seed`` does too). Arguments are checked when ``generate`` is
+    called, before the first token is asked for. ``compiled=False`` decodes through the plain ``KVCache``
+    path (the compiled blocks give the same tokens). Built in Chapter 5.
     """
     if isinstance(prompt_ids, (str, bytes)):
         raise ValueError("prompt_ids must be token ids, not text: pass tokenizer.encode(text)")
@@ -152,34 +173,35 @@ def generate(
                          f"{context_length}; shorten the prompt (keep its last {context_length} tokens)")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if key is None and seed is not None:
-        key = mx.random.key(seed)
+    if key is None:  # one draw from the global state; every token's key is then split from this one
+        key = mx.random.key(seed) if seed is not None else mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
     stop = set(int(i) for i in stop_ids)
     return _decode(model, prompt, max_new_tokens, sampler, stop, key, compiled)
 
 
 def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sampler: Sampler, stop: set[int],
-            key: mx.array | None, compiled: bool = True) -> Iterator[int]:
+            key: mx.array, compiled: bool = True) -> Iterator[int]:
     """The generator behind ``generate``, for arguments already checked.
 
-    The prompt goes through the plain path (``KVCache``); every later token through one compiled step over a
-    ``StaticKVCache``, whose storage grows by ``KVCache.step`` positions when full (one retrace per size).
-    Past the context the window slides: each new token is predicted by a fresh forward pass over the last
-    context_length tokens (a re-prefill). For RoPE models a rotating KV cache would avoid the re-prefill,
-    at the price of keeping keys computed from tokens that have left the window.
+    The prompt goes through the plain path (``KVCache``). After it, tokens come in chunks: a compiled block
+    of ``DECODE_BLOCK`` steps over a ``StaticKVCache`` (one step when fewer positions are left in the
+    context; the storage grows by ``KVCache.step`` positions when full, one retrace per size). The next
+    chunk is queued before the current one is read. Past the context the window slides: each new token is
+    predicted by a fresh forward pass over the last context_length tokens (a re-prefill). For RoPE models a
+    rotating KV cache would avoid the re-prefill, at the price of keeping keys computed from tokens that
+    have left the window. A block may compute a few tokens past a stop token or ``max_new_tokens``;
+    they are never handed out.
     """
     if max_new_tokens == 0:
         return
     context_length = model.config.context_length
-    # the compiled step has no dropout: a model left in training mode with dropout takes the plain path
+    # the compiled blocks have no dropout: a model left in training mode with dropout takes the plain path
     compiled = compiled and not (model.training and model.config.dropout > 0)
     history = list(prompt)  # every token handed out so far (prompt included), to rebuild a slid window
 
     def choose(logits: mx.array) -> mx.array:
         nonlocal key
-        step_key = None
-        if key is not None:
-            key, step_key = mx.random.split(key)
+        key, step_key = mx.random.split(key)
         return sampler(logits, step_key)  # (1,)
 
     def forward(ids: mx.array, cache) -> mx.array:
@@ -189,56 +211,57 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
     # prefill: all but the last prompt token only need to leave their keys and values in the cache. Their
     # outputs are dropped, and MLX being lazy never computes the parts that only fed those outputs (the
     # last block's feed-forward, the final norm); the last token then goes through the usual step.
-    cache = model.make_cache()
-    with mx.stream(_generation_stream):  # its own queue: other work on the default stream cannot delay it
+    cache, stream = model.make_cache(), _generation_stream()
+    with mx.stream(stream):
         if len(prompt) > 1:
             model.hidden_states(mx.array([prompt[:-1]]), cache, check_ids=False)
-        token = forward(mx.array([prompt[-1:]]), cache)  # (1,)
-    mx.async_eval(token)
-    cached = len(prompt)  # positions held in the cache
+        chunk = forward(mx.array([prompt[-1:]]), cache)  # (1,): the first new token
+    mx.async_eval(chunk)
+    cached = len(prompt)  # positions held in the cache: every token so far but the chunk's last
     if compiled:
-        step = _decode_step(model)
         caches = [StaticKVCache.from_cache(c) for c in cache]  # takes over the storage: drop the old holders
-        offset, cache = caches[0].offset, None
+        keys, values, offset, cache = [c.keys for c in caches], [c.values for c in caches], caches[0].offset, None
 
-    def next_after(token: mx.array) -> mx.array:
-        """The token after ``token`` (1,), which follows ``history``; cached while the context has room."""
-        nonlocal cached, cache, caches, offset
-        with mx.stream(_generation_stream):
+    def following(chunk: mx.array) -> mx.array:
+        """The tokens after ``chunk`` (n,), which follows ``history``: a compiled block while the context has room."""
+        nonlocal cached, cache, keys, values, offset, key
+        with mx.stream(stream):
             if cached >= context_length:  # the window is full: the last context_length tokens, without a cache
-                cache = caches = None  # never read again: let the storage go
-                earlier = history[len(history) - (context_length - 1):] if context_length > 1 else []
-                return forward(mx.concatenate([mx.array(earlier, dtype=token.dtype), token])[None], None)
-            cached += 1
+                cache = keys = values = None  # never read again: let the storage go
+                window = mx.concatenate([mx.array(history, dtype=chunk.dtype), chunk])[-context_length:]
+                return forward(window[None], None)
             if not compiled:
-                return forward(token[:, None], cache)
-            if cached > caches[0].capacity:  # full: one more chunk of empty positions
-                caches = [c.grown(KVCache.step) for c in caches]
-            logits, keys, values, offset = step(token, offset, [c.keys for c in caches], [c.values for c in caches])
-            caches = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
-            return choose(logits)
+                cached += 1
+                return forward(chunk[None, -1:], cache)
+            n = DECODE_BLOCK if context_length - cached >= DECODE_BLOCK else 1
+            if cached + n > keys[0].shape[2]:  # full: one more chunk of empty positions
+                grown = [StaticKVCache(k, v, offset).grown(KVCache.step) for k, v in zip(keys, values)]
+                keys, values = [c.keys for c in grown], [c.values for c in grown]
+            tokens, keys, values, offset, key = _decode_block(model, sampler, n)(chunk[-1:], offset, keys, values, key)
+            cached += n
+            return tokens
 
-    for n in range(max_new_tokens):
-        if n + 1 < max_new_tokens:
-            next_token = next_after(token)  # queue the next step before handing this token out
-            mx.async_eval(next_token)
-        value = token.item()
-        if value in stop:  # the stop token ends the answer and is not part of it
-            return
-        history.append(value)
-        yield value
-        if n + 1 < max_new_tokens:
-            token = next_token
+    handed_out = 0
+    while True:
+        upcoming = following(chunk) if handed_out + chunk.size < max_new_tokens else None
+        if upcoming is not None:
+            mx.async_eval(upcoming)  # queued before this chunk is read: the device never waits for Python
+        for value in chunk.tolist():
+            if value in stop:  # the stop token ends the answer and is not part of it
+                return
+            history.append(value)
+            yield value
+            handed_out += 1
+            if handed_out == max_new_tokens:
+                return
+        chunk = upcoming
 
 
-def _decode_step(model: TransformerLM) -> Callable:
-    """One token through the model with ``StaticKVCache`` storage, compiled once per model and cache size.
+def _decode_one(model: TransformerLM) -> Callable:
+    """One token through the model with ``StaticKVCache`` storage (a plain function, for ``mx.compile``).
 
-    ``step(token (1,), offset (), keys, values) → (logits (1, V), keys, values, offset + 1)``. The weights are
-    inputs of the compiled function (``inputs=model``), so a model trained or updated later is seen as it is.
+    ``step(token (1,), offset (), keys, values) → (logits (1, V), keys, values, offset + 1)``.
     """
-    if (step := model.__dict__.get("_mlxllm_decode_step")) is not None:
-        return step
 
     def decode_one(token: mx.array, offset: mx.array, keys: list[mx.array], values: list[mx.array]):
         caches = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
@@ -250,9 +273,36 @@ def _decode_step(model: TransformerLM) -> Callable:
         logits = model.logits(model.norm(x)[:, -1, :])  # (1, V)
         return logits, [c.keys for c in caches], [c.values for c in caches], caches[0].offset
 
-    step = mx.compile(decode_one, inputs=model)
-    model.__dict__["_mlxllm_decode_step"] = step  # kept with the model: compiled traces are reused across calls
-    return step
+    return decode_one
+
+
+def _decode_block(model: TransformerLM, sampler: Sampler, n: int) -> Callable:
+    """``n`` decode steps, sampling included, as one compiled function; kept with the model per sampler.
+
+    ``block(token (1,), offset, keys, values, key) → (tokens (n,), keys, values, offset + n, key)``: token i
+    is fed back as the input of step i + 1, and each step splits its sampling key off ``key`` as the plain
+    path does. The weights are inputs of the compiled function (``inputs=model``), so a model trained or
+    updated later is seen as it is. A ``SamplingConfig`` sampler is hashable: its blocks are kept.
+    """
+    blocks = model.__dict__.setdefault("_mlxllm_decode_blocks", {})
+    cacheable = isinstance(sampler, SamplingConfig)
+    if cacheable and (block := blocks.get((sampler, n))) is not None:
+        return block
+    decode_one = _decode_one(model)
+
+    def decode_block(token, offset, keys, values, key):
+        tokens = []
+        for _ in range(n):
+            logits, keys, values, offset = decode_one(token, offset, keys, values)
+            key, step_key = mx.random.split(key)
+            token = sampler(logits, step_key)  # (1,)
+            tokens.append(token)
+        return mx.concatenate(tokens), keys, values, offset, key
+
+    block = mx.compile(decode_block, inputs=model)
+    if cacheable:
+        blocks[(sampler, n)] = block  # kept with the model: compiled traces are reused across calls
+    return block
 
 
 def stream_text(token_ids: Iterable[int], tokenizer) -> Iterator[str]:

@@ -59,3 +59,20 @@ def test_greedy_tokens_on_the_gpu_equal_the_cpu_where_the_margin_is_clear():
         gpu_tokens = list(generate(model, prompt, 8, temperature=0))
     # O(1) random weights give top-2 logit margins far above the TF32 rounding: the ids must agree exactly
     assert gpu_tokens == cpu_tokens
+
+
+@needs_gpu
+def test_generate_decodes_on_the_default_device_chosen_after_import():
+    from mlxllm.generation import _generation_stream
+
+    model = randomize(make_model("llama"), seed=3)
+    assert _generation_stream().device == mx.gpu
+    old = mx.default_device()
+    mx.set_default_device(mx.cpu)  # as `--device cpu` does, long after mlxllm was imported
+    try:
+        assert _generation_stream().device == mx.cpu
+        compiled = list(generate(model, [1, 2, 3], 12, temperature=0))
+        plain = list(generate(model, [1, 2, 3], 12, temperature=0, compiled=False))
+    finally:
+        mx.set_default_device(old)
+    assert compiled == plain and len(compiled) == 12  # the CPU backend against itself: exact

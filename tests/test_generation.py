@@ -335,14 +335,14 @@ def test_compiled_decode_gives_the_plain_paths_greedy_tokens_across_chunk_bounda
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_compiled_decode_step_logits_equal_full_recompute_across_a_chunk_boundary(kind):
     from mlxllm.attention import StaticKVCache
-    from mlxllm.generation import _decode_step
+    from mlxllm.generation import _decode_one
 
     model = randomize(make_model(kind), seed=3)
     ids = mx.random.randint(0, 97, (1, 270), key=mx.random.key(4))
     cache = model.make_cache()
     model(ids[:, :250], cache=cache)  # prefill through the plain path, as generate does
     caches = [StaticKVCache.from_cache(c) for c in cache]
-    step, offset, logits = _decode_step(model), caches[0].offset, []
+    step, offset, logits = mx.compile(_decode_one(model), inputs=model), caches[0].offset, []
     for t in range(250, 270):  # position 256 fills the first chunk: the storage grows and the step retraces
         if t == caches[0].capacity:
             caches = [c.grown(256) for c in caches]
@@ -380,6 +380,41 @@ def test_compiled_decode_sees_weights_updated_after_an_earlier_call():
     compiled, plain = generate_both(model, [1, 2, 3], 20, temperature=0)
     assert compiled == plain or ON_GPU
     assert compiled != before  # not the old weights baked into the compiled step
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 9, 17])  # shorter than a block, one block, a block and a bit
+def test_compiled_blocks_hand_out_exactly_the_tokens_asked_for(n):
+    from mlxllm.generation import DECODE_BLOCK
+
+    assert DECODE_BLOCK == 8  # the lengths above straddle its multiples
+    model = randomize(make_model("llama"), seed=4)
+    compiled, plain = generate_both(model, [3, 1, 4], n, temperature=0)
+    assert len(compiled) == n and (compiled == plain or ON_GPU)
+
+
+def test_without_seed_or_key_the_draws_follow_mlx_global_random_state():
+    model = randomize(make_model("llama"), seed=4)
+    runs = []
+    for compiled in (True, True, False):
+        mx.random.seed(11)
+        runs.append(list(generate(model, [3, 1, 4], 24, temperature=1.0, compiled=compiled)))
+    mx.random.seed(12)
+    other = list(generate(model, [3, 1, 4], 24, temperature=1.0))
+    assert runs[0] == runs[1]  # reproducible under mx.random.seed
+    assert runs[0] == runs[2] or ON_GPU  # the compiled blocks draw what the plain path draws
+    assert other != runs[0] and len(set(runs[0])) > 5
+
+
+def test_a_custom_sampler_runs_inside_the_compiled_blocks():
+    model = randomize(make_model("llama"), seed=4)
+
+    def second_best(logits, key=None):  # mx operations only, as generate's docstring asks
+        return mx.argsort(logits, axis=-1)[..., -2]
+
+    compiled, plain = generate_both(model, [3, 1, 4], 20, sampler=second_best)
+    full = mx.argsort(model(mx.array([[3, 1, 4] + compiled[:-1]]))[0, 2:], axis=-1)[:, -2].tolist()
+    assert compiled == full or ON_GPU  # each token is the second most likely after the tokens before it
+    assert compiled == plain or ON_GPU
 
 
 def test_a_model_in_training_mode_with_dropout_decodes_through_the_plain_path():

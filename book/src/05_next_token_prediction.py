@@ -594,7 +594,18 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # a sampler once (`make_sampler`), then hands over to a generator that prefills and
 # decodes. `stop_ids` ends the answer at an end-of-turn token, which is not yielded
 # ([Chapter 7](07_pretrained.ipynb) uses it to chat). Its code is in
-# `mlxllm/generation.py`; here are those pieces at work on §5.6's two runs:
+# `mlxllm/generation.py`; here are those pieces at work on §5.6's two runs.
+#
+# After the prompt, `generate` decodes in *compiled blocks*: one `mx.compile`d call runs
+# `DECODE_BLOCK` = 8 steps, the sampler included, each step feeding its token to the
+# next. For that the cache must keep one shape from token to token, so the block uses a
+# `StaticKVCache`: fixed storage whose fill position is an array, new keys written at that
+# position, and the empty slots masked out instead of sliced off. Why bother? On a GPU a
+# model this small is not limited by arithmetic but by the host: Python building each
+# token's graph and the runtime launching its kernels. A block pays that once per 8
+# tokens. It may compute a few tokens past a stop token or past `max_new_tokens`; those
+# are never handed out. `compiled=False` decodes through the plain `KVCache` of §5.7
+# instead, one token at a time, and gives the same tokens:
 
 # %%
 # stop_ids: the sampled run again, now ending at its sixth token, which is not yielded
@@ -607,7 +618,7 @@ assert ends_before and stop not in stopped and len(stopped) <= 5
 # a sampler built once with make_sampler draws what the same keywords draw
 sampler = make_sampler(temperature=1.0, top_p=0.95)
 assert list(generate(model, prompt_ids, 16, sampler=sampler, seed=0)) == sampled
-# the plain KVCache path (compiled=False) gives the compiled step's tokens: exactly on
+# the plain KVCache path (compiled=False) gives the compiled blocks' tokens: exactly on
 # the CPU; on a GPU the two paths run different kernels, whose rounding can break a tie
 # between this untrained model's near-equal logits either way (the tests compare the
 # logits within the tolerance policy there)
@@ -626,13 +637,13 @@ if mx.default_device() == mx.cpu:
 # version and the ratios of each run, are in `benchmarks/README.md` ("Latest results").
 #
 # On the 2-core Linux CPU this book is tested on, those results show ours level with
-# mlx-lm at prefill and, with its compiled decode step, a little ahead at decoding.
+# mlx-lm at prefill and at decoding.
 # That is what one should expect: both run the same matrix products through the same
 # MLX kernels. Two things keep ours level: the LM head is applied to the last position
 # only, and the prompt's other tokens are run only for their keys and values (MLX never
-# computes what nothing uses). The same file records the opposite on an NVIDIA H200:
-# there ours decodes more slowly than mlx-lm (an open issue), so "level" is a statement
-# about the CPU runs only.
+# computes what nothing uses). The same file records the opposite on an NVIDIA H200,
+# measured before the compiled blocks existed: there ours decoded more slowly than
+# mlx-lm (an open issue), so "level" is a statement about the CPU runs only.
 #
 # ## Exercises
 #
