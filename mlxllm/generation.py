@@ -122,9 +122,10 @@ def _generation_stream() -> mx.Stream:
         _generation_streams[str(device)] = mx.new_thread_local_stream(device)
     return _generation_streams[str(device)]
 
-# Tokens per compiled decode call. On a GPU a small model's decode is bound by the host (building and
-# launching each token's work), not by arithmetic: one call that runs DECODE_BLOCK steps, sampling
-# included, pays that cost once per block. Chapter 5 measures it.
+# Tokens per compiled decode call: one call runs DECODE_BLOCK steps, sampling included, so the host's
+# cost of building and launching a token's work is paid once per block. Chapter 5 and
+# benchmarks/README.md say what it buys: nothing measurable on the CPU, and on an H100 not enough to
+# offset the masked attention over the fixed-size cache.
 DECODE_BLOCK = 8
 
 

@@ -599,12 +599,17 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # After the prompt, `generate` decodes in *compiled blocks*: one `mx.compile`d call runs
 # `DECODE_BLOCK` = 8 steps, the sampler included, each step feeding its token to the
 # next. For that the cache must keep one shape from token to token, so the block uses a
-# `StaticKVCache`: fixed storage whose fill position is an array, new keys written at that
-# position, and the empty slots masked out instead of sliced off. Why bother? On a GPU a
-# model this small is not limited by arithmetic but by the host: Python building each
-# token's graph and the runtime launching its kernels. A block pays that once per 8
-# tokens. It may compute a few tokens past a stop token or past `max_new_tokens`; those
-# are never handed out. `compiled=False` decodes through the plain `KVCache` of §5.7
+# `StaticKVCache`: fixed storage whose fill position is an array, new keys written at
+# that position, and the empty slots masked out instead of sliced off. The idea: for a
+# model this small, much of a token's time is the host's (Python building the token's
+# graph, the runtime launching its kernels), and a block pays that once per 8 tokens.
+# Measure before believing it. On the CPU both paths decode at the same speed
+# (arithmetic dominates). On an H100 (`benchmarks/README.md`) the blocks were no faster
+# than the plain path: masking the empty slots takes attention off MLX's fused
+# one-token kernel, so each layer launches several kernels where the plain path
+# launches one. A block may compute a few tokens past a stop token or past
+# `max_new_tokens`; those are never handed out. `compiled=False` decodes through the
+# plain `KVCache` of §5.7
 # instead, one token at a time, and gives the same tokens:
 
 # %%
@@ -641,9 +646,10 @@ if mx.default_device() == mx.cpu:
 # That is what one should expect: both run the same matrix products through the same
 # MLX kernels. Two things keep ours level: the LM head is applied to the last position
 # only, and the prompt's other tokens are run only for their keys and values (MLX never
-# computes what nothing uses). The same file records the opposite on an NVIDIA H200,
-# measured before the compiled blocks existed: there ours decoded more slowly than
-# mlx-lm (an open issue), so "level" is a statement about the CPU runs only.
+# computes what nothing uses). The same file records the opposite on NVIDIA GPUs (an
+# H200, and later an H100 with the compiled blocks): there ours prefills faster than
+# mlx-lm but decodes more slowly (an open issue), so "level" is a statement about the
+# CPU runs only.
 #
 # ## Exercises
 #
