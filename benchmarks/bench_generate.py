@@ -83,7 +83,7 @@ def time_run(make_stream, n_prompt: int, n: int) -> tuple[list[int], dict[str, f
 
 
 def ours(model: TransformerLM, prompt: list[int], n: int, compiled: bool = True):
-    """mlxllm's generate with its compiled decode blocks, or (compiled=False) the plain KVCache path."""
+    """mlxllm's generate with its compiled decode step, or (compiled=False) the plain KVCache path."""
     return time_run(lambda k: generate(model, prompt, k, temperature=0, compiled=compiled), len(prompt), n)
 
 
@@ -114,7 +114,7 @@ def main() -> None:
     mx.eval(reference.parameters())
 
     prompt = mx.random.randint(0, config.vocab_size, (args.prompt_tokens,), key=mx.random.key(1)).tolist()
-    # warm up all three (the compiled blocks are traced here, for every cache size the timed runs use)
+    # warm up all three (the compiled stages are traced here; every cache size the timed runs use is met)
     n = args.new_tokens  # the warm-up runs as long as the timed runs: every cache size is traced before timing
     ours(model, prompt, n), ours(model, prompt, n, compiled=False), theirs(reference, prompt, n)
     runs = {"mlxllm": [], "mlxllm plain": [], "mlx-lm": []}

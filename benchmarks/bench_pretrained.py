@@ -14,7 +14,6 @@ The last line is the verdict: ``RATIO decode … prefill …`` (ours / mlx-lm, b
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -22,6 +21,8 @@ import numpy as np
 from mlx.utils import tree_map
 from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model as mlx_lm_load_model
+
+from bench_generate import time_run  # the same timing rule: prefill on a one-token run, decode the rest
 
 from mlxllm import ModelConfig, TransformerLM, generate, load_pretrained, save_pretrained
 from mlxllm.data import get_path
@@ -47,20 +48,6 @@ def random_checkpoint(folder: str) -> Path:
     return Path(folder)
 
 
-def time_decode(make_stream, n_tokens: int) -> tuple[list[int], float, float]:
-    """(tokens, seconds to the first token (prefill), decode tokens/s after it).
-
-    Prefill is timed on a run of one token; decode is the rest of an ``n_tokens`` run (its total minus that
-    prefill), so tokens a decoder queues before handing out the first are counted as decode time.
-    """
-    start = time.perf_counter()
-    list(make_stream(1))
-    prefill = time.perf_counter() - start
-    start = time.perf_counter()
-    tokens = list(make_stream(n_tokens))
-    return tokens, prefill, (len(tokens) - 1) / (time.perf_counter() - start - prefill)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=256, help="tokens to generate per run")
@@ -81,14 +68,14 @@ def main() -> None:
         print(f"model: {args.repo or 'random LLaMA-style'}  {ours.num_parameters() / 1e6:.1f}M parameters  "
               f"dtype={args.dtype}  device={mx.default_device()}  mlx {mx.__version__}  prompt={len(prompt)} tokens  new={args.tokens}")
 
-        # warm-up as long as the timed runs: the compiled blocks are traced for every cache size they reach
+        # warm-up as long as the timed runs: every kernel and cache size is met before timing
         list(generate(ours, prompt, args.tokens, temperature=0.0))
         list(generate_step(mx.array(prompt), theirs, max_tokens=args.tokens))
         runs = {"mlxllm": [], "mlx-lm": []}
         for _ in range(args.trials):  # interleaved, so both see the same machine state
-            runs["mlxllm"].append(time_decode(lambda n: generate(ours, prompt, n, temperature=0.0), args.tokens))
-            runs["mlx-lm"].append(time_decode(
-                lambda n: (int(t) for t, _ in generate_step(mx.array(prompt), theirs, max_tokens=n)), args.tokens))
+            runs["mlxllm"].append(time_run(lambda n: generate(ours, prompt, n, temperature=0.0), len(prompt), args.tokens))
+            runs["mlx-lm"].append(time_run(
+                lambda n: (int(t) for t, _ in generate_step(mx.array(prompt), theirs, max_tokens=n)), len(prompt), args.tokens))
 
     # greedy tokens must agree until a near-tie of mlx-lm's logits (top-2 margin within the dtype's tolerance),
     # where different kernels (a compiled step, another reduction order) may rightly pick either token
@@ -101,9 +88,9 @@ def main() -> None:
         row = np.array(their_logprobs[agree].astype(mx.float32)).reshape(-1)
         second, first = np.sort(row)[-2:]
         near_tie = first - second <= 2 * bound(getattr(mx, args.dtype)) * float(np.abs(row).max())
-    prefill = {name: min(r[1] for r in results) for name, results in runs.items()}
-    decode = {name: max(r[2] for r in results) for name, results in runs.items()}
-    paired = [a[2] / b[2] for a, b in zip(runs["mlxllm"], runs["mlx-lm"])]
+    prefill = {name: min(len(prompt) / r[1]["prefill tokens/s"] for r in results) for name, results in runs.items()}
+    decode = {name: max(r[1]["decode tokens/s"] for r in results) for name, results in runs.items()}
+    paired = [a[1]["decode tokens/s"] / b[1]["decode tokens/s"] for a, b in zip(runs["mlxllm"], runs["mlx-lm"])]
     print(f"\n| {'best of ' + str(args.trials):18} | {'mlxllm':>8} | {'mlx-lm':>8} | {'ratio':>6} |")
     print(f"| {'-' * 18} | {'-' * 8}:| {'-' * 8}:| {'-' * 6}:|")
     print(f"| {'prefill seconds':18} | {prefill['mlxllm']:8.3f} | {prefill['mlx-lm']:8.3f} | {prefill['mlx-lm'] / prefill['mlxllm']:6.2f} |")

@@ -101,49 +101,6 @@ class KVCache:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
-class StaticKVCache:
-    """A KV cache of fixed capacity whose fill position is an ``mx.array``, for a compiled decode step.
-
-    Shapes stay the same from token to token, so ``mx.compile`` traces the step once: new keys are written at
-    ``offset`` with ``mx.slice_update`` and attention masks out the slots not filled yet instead of slicing
-    them off. Made from a filled ``KVCache`` by ``generate``; ``model(ids, cache=...)`` keeps ``KVCache``.
-    Built in Chapter 5.
-    """
-
-    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
-        self.keys, self.values = keys, values  # (B, H_kv, capacity, D), zeros past the filled part
-        self.offset = offset  # int32 scalar array: positions filled = position of the next token
-
-    @classmethod
-    def from_cache(cls, cache: KVCache) -> "StaticKVCache":
-        """Take over a filled ``KVCache``'s storage (already whole chunks of ``KVCache.step`` positions)."""
-        return cls(cache.keys, cache.values, mx.array(cache.offset, dtype=mx.int32))
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[2]
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Write (B, H_kv, T, D) keys/values at ``offset``; return the whole storage, (B, H_kv, capacity, D)."""
-        start = self.offset.reshape(1)
-        self.keys = mx.slice_update(self.keys, keys, start, axes=(2,))
-        self.values = mx.slice_update(self.values, values, start, axes=(2,))
-        self.offset = self.offset + keys.shape[2]
-        return self.keys, self.values
-
-    def mask(self, n_queries: int) -> mx.array:
-        """(T_q, capacity) boolean mask after an update: the causal mask, with unfilled slots blocked."""
-        query_pos = self.offset - n_queries + mx.arange(n_queries)[:, None]  # (T_q, 1)
-        return mx.arange(self.capacity)[None, :] <= query_pos
-
-    def grown(self, extra: int) -> "StaticKVCache":
-        """The same cache with ``extra`` more empty positions (a new shape: the compiled step retraces once)."""
-        B, n_kv_heads, _, head_dim = self.keys.shape
-        zeros = mx.zeros((B, n_kv_heads, extra, head_dim), self.keys.dtype)
-        return StaticKVCache(mx.concatenate([self.keys, zeros], axis=2), mx.concatenate([self.values, zeros], axis=2),
-                             self.offset)
-
-
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, context_length: int, batch_size: int = 1, bytes_per_value: int = 2) -> int:
     """Memory of a full KV cache: keys and values for every layer, kv head and position. Built in Chapter 3."""
     return 2 * n_layers * n_kv_heads * head_dim * context_length * batch_size * bytes_per_value
@@ -174,26 +131,36 @@ class MultiHeadAttention(nn.Module):
         self.qk_norm = c.qk_norm
         self.dropout = c.dropout  # on the attention probabilities, in training mode only
 
-    def __call__(self, x: mx.array, mask: str | mx.array | None = "causal",
-                 cache: KVCache | StaticKVCache | None = None) -> mx.array:
-        B, T, _ = x.shape  # (B, T, C)
+    def __call__(self, x: mx.array, mask: str | mx.array | None = "causal", cache: KVCache | None = None) -> mx.array:
+        T = x.shape[1]  # x: (B, T, C)
+        q, k, v = self.project(x, 0 if cache is None else cache.offset)  # (B, H or H_kv, T, D)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)  # (B, H_kv, offset + T, D)
+        if T == 1 and isinstance(mask, str):
+            mask = None  # a single newest query may see every cached key
+        if self.training and self.dropout > 0:  # the fused kernel has no dropout: materialise the probabilities
+            out = attention_reference(q, k, v, mask, dropout=self.dropout)  # (B, H, T, D)
+        else:
+            out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
+        return self.output(out)
+
+    def project(self, x: mx.array, offset: int | mx.array = 0) -> tuple[mx.array, mx.array, mx.array]:
+        """(B, T, C) → q (B, H, T, D), k and v (B, H_kv, T, D): projected, QK-normed, rotated to their positions.
+
+        ``offset`` is the position of x's first token (a cache's fill); an int32 array inside ``mx.compile``.
+        """
+        B, T, _ = x.shape
         # project, then split C into heads and move heads before time: (B, T, H*D) -> (B, H, T, D)
         q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        offset = 0 if cache is None else cache.offset
         if self.rope is not None:  # rotate by absolute position; with a cache the new tokens start at offset
             q, k = self.rope(q, offset), self.rope(k, offset)
-        if cache is not None:
-            k, v = cache.update_and_fetch(k, v)  # (B, H_kv, offset + T, D)
-        if isinstance(cache, StaticKVCache):  # fixed-size storage: block the slots not filled yet
-            mask = cache.mask(T)  # (T, capacity)
-        elif T == 1 and isinstance(mask, str):
-            mask = None  # a single newest query may see every cached key
-        if self.training and self.dropout > 0:  # the fused kernel has no dropout: materialise the probabilities
-            out = attention_reference(q, k, v, mask, dropout=self.dropout)  # (B, H, T, D)
-        else:
-            out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
+        return q, k, v
+
+    def output(self, out: mx.array) -> mx.array:
+        """The heads' outputs (B, H, T, D) joined back into (B, T, C) and mixed by the output projection."""
+        B, _, T, _ = out.shape
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))  # (B, T, C)

@@ -86,13 +86,19 @@ class TransformerBlock(nn.Module):
 
     def __call__(self, x: mx.array, mask: str | mx.array | None = "causal", cache: KVCache | None = None) -> mx.array:
         # x: (B, T, C) — the residual stream; each branch reads it and adds its result back
-        if self.parallel:
-            h = self.attention_norm(x)
-            return x + self.dropout(self.attention(h, mask, cache)) + self.dropout(self.ffn(h))
+        h = self.attention_input(x)
+        return self.residual(x, h, self.attention(h, mask, cache))
+
+    def attention_input(self, x: mx.array) -> mx.array:
+        """What attention reads: the normed stream (pre-norm, parallel) or the stream itself (post-norm)."""
+        return self.attention_norm(x) if self.pre_norm or self.parallel else x
+
+    def residual(self, x: mx.array, h: mx.array, attended: mx.array) -> mx.array:
+        """The rest of the block once attention has read ``h = attention_input(x)`` and returned ``attended``."""
+        if self.parallel:  # both branches read the same normed input
+            return x + self.dropout(attended) + self.dropout(self.ffn(h))
         if self.pre_norm:
-            x = x + self.dropout(self.attention(self.attention_norm(x), mask, cache))
-            x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-            return x
-        x = self.attention_norm(x + self.dropout(self.attention(x, mask, cache)))
-        x = self.ffn_norm(x + self.dropout(self.ffn(x)))
-        return x
+            x = x + self.dropout(attended)
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attention_norm(x + self.dropout(attended))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))

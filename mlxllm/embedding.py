@@ -88,6 +88,6 @@ class RoPE(nn.Module):
         self.base = base
         self.traditional = traditional
 
-    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
         # x: (B, H, T, D); offset = position of x's first token (non-zero when decoding with a cache)
         return mx.fast.rope(x, self.head_dim, traditional=self.traditional, base=self.base, scale=1.0, offset=offset)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from mlxllm.attention import KVCache, StaticKVCache
+from mlxllm.attention import KVCache, scaled_dot_product_attention
 from mlxllm.model import TransformerLM
 
 # Temperatures below this are greedy decoding (argmax): dividing by a tiny temperature would overflow
@@ -122,15 +122,8 @@ def _generation_stream() -> mx.Stream:
         _generation_streams[str(device)] = mx.new_thread_local_stream(device)
     return _generation_streams[str(device)]
 
-# Tokens per compiled decode call: one call runs DECODE_BLOCK steps, sampling included, so the host's
-# cost of building and launching a token's work is paid once per block. Chapter 5 and
-# benchmarks/README.md say what it buys: nothing measurable on the CPU, and on an H100 not enough to
-# offset the masked attention over the fixed-size cache.
-DECODE_BLOCK = 8
-
-
-# Decode with compiled blocks of steps over a StaticKVCache (True) or with the plain KVCache path of Chapter 3
-# (False); both give the same tokens. The benchmarks time both (benchmarks/bench_generate.py).
+# Decode with compiled stages around each block's attention (True) or through the plain KVCache path of
+# Chapter 3 (False); both give the same tokens. The benchmarks time both (benchmarks/bench_generate.py).
 def generate(
     model: TransformerLM,
     prompt_ids: Iterable[int],
@@ -184,30 +177,25 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
             key: mx.array, compiled: bool = True) -> Iterator[int]:
     """The generator behind ``generate``, for arguments already checked.
 
-    The prompt goes through the plain path (``KVCache``). After it, tokens come in chunks: a compiled block
-    of ``DECODE_BLOCK`` steps over a ``StaticKVCache`` (one step when fewer positions are left in the
-    context; the storage grows by ``KVCache.step`` positions when full, one retrace per size). The next
-    chunk is queued before the current one is read. Past the context the window slides: each new token is
-    predicted by a fresh forward pass over the last context_length tokens (a re-prefill). For RoPE models a
-    rotating KV cache would avoid the re-prefill, at the price of keeping keys computed from tokens that
-    have left the window. A block may compute a few tokens past a stop token or ``max_new_tokens``;
-    they are never handed out.
+    The prompt fills the ``KVCache`` in one pass; then each new token is one step (``_compiled_step``, or
+    the plain model call when ``compiled`` is False), queued before the token before it is read, so the
+    device never waits for Python. Past the context the window slides: each new token is predicted by a
+    fresh forward pass over the last context_length tokens (a re-prefill). For RoPE models a rotating KV
+    cache would avoid the re-prefill, at the price of keeping keys computed from tokens that have left
+    the window.
     """
     if max_new_tokens == 0:
         return
     context_length = model.config.context_length
-    # the compiled blocks have no dropout: a model left in training mode with dropout takes the plain path
-    compiled = compiled and not (model.training and model.config.dropout > 0)
+    # the compiled stages have no dropout: a model left in training mode with dropout takes the plain path
+    step = _compiled_step(model, sampler) if compiled and not (model.training and model.config.dropout > 0) else None
     history = list(prompt)  # every token handed out so far (prompt included), to rebuild a slid window
 
-    def choose(logits: mx.array) -> mx.array:
+    def forward(ids: mx.array, cache: list[KVCache] | None) -> mx.array:
+        """The plain path: (1, T) ids → the next token (1,); only the last position goes through the LM head."""
         nonlocal key
         key, step_key = mx.random.split(key)
-        return sampler(logits, step_key)  # (1,)
-
-    def forward(ids: mx.array, cache) -> mx.array:
-        """The plain path: (1, T) ids → the next token; only the last position goes through the LM head."""
-        return choose(model.logits(model.hidden_states(ids, cache, check_ids=False)[:, -1, :]))
+        return sampler(model.logits(model.hidden_states(ids, cache, check_ids=False)[:, -1, :]), step_key)
 
     # prefill: all but the last prompt token only need to leave their keys and values in the cache. Their
     # outputs are dropped, and MLX being lazy never computes the parts that only fed those outputs (the
@@ -216,94 +204,82 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
     with mx.stream(stream):
         if len(prompt) > 1:
             model.hidden_states(mx.array([prompt[:-1]]), cache, check_ids=False)
-        chunk = forward(mx.array([prompt[-1:]]), cache)  # (1,): the first new token
-    mx.async_eval(chunk)
-    cached = len(prompt)  # positions held in the cache: every token so far but the chunk's last
-    if compiled:
-        caches = [StaticKVCache.from_cache(c) for c in cache]  # takes over the storage: drop the old holders
-        keys, values, offset, cache = [c.keys for c in caches], [c.values for c in caches], caches[0].offset, None
+        token = forward(mx.array([prompt[-1:]]), cache)  # (1,): the first new token
 
-    def following(chunk: mx.array) -> mx.array:
-        """The tokens after ``chunk`` (n,), which follows ``history``: a compiled block while the context has room."""
-        nonlocal cached, cache, keys, values, offset, key
+    def following(token: mx.array) -> mx.array:
+        """The token after ``token`` (1,), which follows ``history``."""
+        nonlocal cache, key
         with mx.stream(stream):
-            if cached >= context_length:  # the window is full: the last context_length tokens, without a cache
-                cache = keys = values = None  # never read again: let the storage go
-                window = mx.concatenate([mx.array(history, dtype=chunk.dtype), chunk])[-context_length:]
+            if cache is not None and cache[0].offset >= context_length:
+                cache = None  # the window is full from now on: let the KV storage go
+            if cache is None:  # the last context_length tokens, without a cache
+                window = mx.concatenate([mx.array(history, dtype=token.dtype), token])[-context_length:]
                 return forward(window[None], None)
-            if not compiled:
-                cached += 1
-                return forward(chunk[None, -1:], cache)
-            n = DECODE_BLOCK if context_length - cached >= DECODE_BLOCK else 1
-            if cached + n > keys[0].shape[2]:  # full: one more chunk of empty positions
-                grown = [StaticKVCache(k, v, offset).grown(KVCache.step) for k, v in zip(keys, values)]
-                keys, values = [c.keys for c in grown], [c.values for c in grown]
-            tokens, keys, values, offset, key = _decode_block(model, sampler, n)(chunk[-1:], offset, keys, values, key)
-            cached += n
-            return tokens
+            if step is None:
+                return forward(token[None], cache)
+            token, key = step(token, cache, key)
+            return token
 
-    handed_out = 0
-    while True:
-        upcoming = following(chunk) if handed_out + chunk.size < max_new_tokens else None
-        if upcoming is not None:
-            mx.async_eval(upcoming)  # queued before this chunk is read: the device never waits for Python
-        for value in chunk.tolist():
-            if value in stop:  # the stop token ends the answer and is not part of it
-                return
-            history.append(value)
-            yield value
-            handed_out += 1
-            if handed_out == max_new_tokens:
-                return
-        chunk = upcoming
+    for n in range(1, max_new_tokens + 1):
+        upcoming = following(token) if n < max_new_tokens else None
+        mx.async_eval(token if upcoming is None else upcoming)  # queued before this token is read
+        value = token.item()
+        if value in stop:  # the stop token ends the answer and is not part of it
+            return
+        history.append(value)
+        yield value
+        token = upcoming
 
 
-def _decode_one(model: TransformerLM) -> Callable:
-    """One token through the model with ``StaticKVCache`` storage (a plain function, for ``mx.compile``).
+def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
+    """One decode step through compiled stages: ``step(token (1,), cache, key) → (next token (1,), key)``.
 
-    ``step(token (1,), offset (), keys, values) → (logits (1, V), keys, values, offset + 1)``.
+    Attention over the cache changes shape every token, so it stays outside ``mx.compile`` (and on the
+    fused one-query kernel); everything around it is compiled per block, traced once for its single
+    shape: the work before attention (norm, projections, RoPE at an ``offset`` array) and after it
+    (output projection, residuals, feed-forward), and the head with the sampler. The weights are inputs of
+    the compiled functions, so a model trained or changed later is seen as it is. The stages are kept with
+    the model, per sampler (a ``SamplingConfig`` is hashable) and per module tree (LoRA, quantization).
     """
+    kept = model.__dict__.setdefault("_mlxllm_decode_steps", {})
+    modules = tuple(id(m) for _, m in model.named_modules())
+    if isinstance(sampler, SamplingConfig) and (step := kept.get((sampler, modules))) is not None:
+        return step
+    stages = [_block_stages(block) for block in model.blocks]
 
-    def decode_one(token: mx.array, offset: mx.array, keys: list[mx.array], values: list[mx.array]):
-        caches = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
-        x = model.token_embedding(token[:, None])  # (1, 1, C)
-        if "position_embedding" in model:  # learned or sinusoidal: the table's row at `offset`
-            x = x + mx.take(model.position_embedding(model.config.context_length), offset[None], axis=0)
-        for block, cache in zip(model.blocks, caches):
-            x = block(x, "causal", cache)  # (1, 1, C); the cache supplies the real mask
-        logits = model.logits(model.norm(x)[:, -1, :])  # (1, V)
-        return logits, [c.keys for c in caches], [c.values for c in caches], caches[0].offset
+    def choose(x: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
+        key, step_key = mx.random.split(key)
+        return sampler(model.logits(model.norm(x)[:, -1, :]), step_key), key  # (1,), the next key
 
-    return decode_one
+    head = {"norm": model.norm, "head": model.head if "head" in model else model.token_embedding}
+    choose = mx.compile(choose, inputs=head)
+
+    def step(token: mx.array, cache: list[KVCache], key: mx.array) -> tuple[mx.array, mx.array]:
+        offset = cache[0].offset
+        x, position = model.embed(token[None], offset), mx.array(offset, dtype=mx.int32)  # (1, 1, C)
+        for (before, after), layer_cache in zip(stages, cache):
+            h, q, k, v = before(x, position)
+            k, v = layer_cache.update_and_fetch(k, v)  # (1, H_kv, offset + 1, D)
+            x = after(x, h, scaled_dot_product_attention(q, k, v, mask=None))  # the newest query sees every key
+        return choose(x, key)
+
+    if isinstance(sampler, SamplingConfig):
+        kept[(sampler, modules)] = step
+    return step
 
 
-def _decode_block(model: TransformerLM, sampler: Sampler, n: int) -> Callable:
-    """``n`` decode steps, sampling included, as one compiled function; kept with the model per sampler.
+def _block_stages(block) -> tuple[Callable, Callable]:
+    """A block's work before attention, ``(x, offset) → (h, q, k, v)``, and after it, ``(x, h, out) → x``,
+    each compiled with the block's weights as inputs."""
 
-    ``block(token (1,), offset, keys, values, key) → (tokens (n,), keys, values, offset + n, key)``: token i
-    is fed back as the input of step i + 1, and each step splits its sampling key off ``key`` as the plain
-    path does. The weights are inputs of the compiled function (``inputs=model``), so a model trained or
-    updated later is seen as it is. A ``SamplingConfig`` sampler is hashable: its blocks are kept.
-    """
-    blocks = model.__dict__.setdefault("_mlxllm_decode_blocks", {})
-    cacheable = isinstance(sampler, SamplingConfig)
-    if cacheable and (block := blocks.get((sampler, n))) is not None:
-        return block
-    decode_one = _decode_one(model)
+    def before(x: mx.array, offset: mx.array):
+        h = block.attention_input(x)  # (1, 1, C)
+        return (h, *block.attention.project(h, offset))
 
-    def decode_block(token, offset, keys, values, key):
-        tokens = []
-        for _ in range(n):
-            logits, keys, values, offset = decode_one(token, offset, keys, values)
-            key, step_key = mx.random.split(key)
-            token = sampler(logits, step_key)  # (1,)
-            tokens.append(token)
-        return mx.concatenate(tokens), keys, values, offset, key
+    def after(x: mx.array, h: mx.array, out: mx.array) -> mx.array:
+        return block.residual(x, h, block.attention.output(out))  # (1, 1, C)
 
-    block = mx.compile(decode_block, inputs=model)
-    if cacheable:
-        blocks[(sampler, n)] = block  # kept with the model: compiled traces are reused across calls
-    return block
+    return mx.compile(before, inputs=block), mx.compile(after, inputs=block)
 
 
 def stream_text(token_ids: Iterable[int], tokenizer) -> Iterator[str]:

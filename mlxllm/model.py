@@ -80,14 +80,18 @@ class TransformerLM(nn.Module):
                              f"{self.config.context_length}; truncate the input or use a larger model")
         if check_ids:
             self.check_id_range(ids)
-        x = self.token_embedding(ids)  # (B, T, C)
-        if "position_embedding" in self:
-            x = x + self.position_embedding(T, offset)  # (T, C) broadcast over the batch
-        x = self.dropout(x)
+        x = self.dropout(self.embed(ids, offset))  # (B, T, C)
         caches = cache if cache is not None else [None] * len(self.blocks)
         for block, layer_cache in zip(self.blocks, caches):
             x = block(x, "causal", layer_cache)  # (B, T, C)
         return self.norm(x)
+
+    def embed(self, ids: mx.array, offset: int = 0) -> mx.array:
+        """(B, T) ids → (B, T, C) token vectors, plus the position table's rows from ``offset`` on if any."""
+        x = self.token_embedding(ids)  # (B, T, C)
+        if "position_embedding" in self:
+            x = x + self.position_embedding(ids.shape[1], offset)  # (T, C) broadcast over the batch
+        return x
 
     def check_id_range(self, ids: mx.array) -> None:
         """Raise a ValueError unless every id is in [0, vocab_size)."""

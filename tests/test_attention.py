@@ -10,7 +10,6 @@ import pytest
 
 from mlxllm import KVCache, ModelConfig, MultiHeadAttention, attention_reference, causal_mask, kv_cache_bytes
 from mlxllm import scaled_dot_product_attention
-from mlxllm.attention import StaticKVCache
 from mlxllm.tolerances import assert_close, bound, relative_difference
 
 
@@ -194,46 +193,20 @@ def test_cached_attention_equals_full_recompute(n_kv_heads, traditional):
     assert_close(mx.concatenate(pieces, axis=1), full, what="cached vs full attention")
 
 
-def test_static_kv_cache_writes_at_its_offset_and_masks_the_unfilled_slots():
-    cache = KVCache()
-    cache.update_and_fetch(mx.ones((1, 2, 3, 4)), -mx.ones((1, 2, 3, 4)))  # 3 positions filled, 256 allocated
-    static = StaticKVCache.from_cache(cache)
-    assert static.capacity == 256 and static.offset.item() == 3
-    keys, values = static.update_and_fetch(mx.full((1, 2, 2, 4), 7.0), mx.full((1, 2, 2, 4), -7.0))
-    assert keys.shape == (1, 2, 256, 4) and static.offset.item() == 5
-    assert np.array(keys[0, 1, :6, 0]).tolist() == [1, 1, 1, 7, 7, 0]
-    assert np.array(values[0, 0, :6, 3]).tolist() == [-1, -1, -1, -7, -7, 0]
-    mask = np.array(static.mask(2))  # the 2 new queries sit at positions 3 and 4
-    assert mask.shape == (2, 256)
-    assert mask[0, :4].all() and not mask[0, 4:].any() and mask[1, :5].all() and not mask[1, 5:].any()
-    grown = static.grown(256)
-    assert grown.capacity == 512 and np.array_equal(np.array(grown.keys[..., :256, :]), np.array(keys))
-    assert not np.array(grown.keys[..., 256:, :]).any()
-
-
-@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("n_kv_heads", [4, 1])
-def test_attention_with_a_static_cache_equals_the_plain_cache(compiled, n_kv_heads):
-    """Prefill through KVCache, then one token at a time through StaticKVCache (eager or mx.compile'd)."""
+def test_attention_in_compiled_pieces_equals_the_whole_layer(n_kv_heads):
+    """Generation's compiled path: project (compiled, offset as an array), cache, fused kernel, output."""
     layer = attention(dims=16, n_kv_heads=n_kv_heads, position="rope")
     x = mx.random.normal((1, 262, 16))
     cache = KVCache()
     pieces = [layer(x[:, :250], cache=cache)]
-    static = StaticKVCache.from_cache(cache)
-
-    def one_token(x_t, keys, values, offset):
-        c = StaticKVCache(keys, values, offset)
-        return layer(x_t, cache=c), c.keys, c.values, c.offset
-
-    step = mx.compile(one_token) if compiled else one_token
-    for t in range(250, 262):  # crosses position 256: the static storage grows by a chunk
-        if t == static.capacity:
-            static = static.grown(256)
-        out, keys, values, offset = step(x[:, t : t + 1], static.keys, static.values, static.offset)
-        static = StaticKVCache(keys, values, offset)
-        pieces.append(out)
-    assert static.capacity == 512 and static.offset.item() == 262
-    assert_close(mx.concatenate(pieces, axis=1), layer(x), what="static-cache vs full attention")
+    project, output = mx.compile(layer.project), mx.compile(layer.output)
+    for t in range(250, 262):  # crosses position 256: the cache grows a chunk, the pieces keep their trace
+        q, k, v = project(x[:, t : t + 1], mx.array(cache.offset, dtype=mx.int32))
+        k, v = cache.update_and_fetch(k, v)
+        pieces.append(output(scaled_dot_product_attention(q, k, v, mask=None)))
+    assert cache.offset == 262 and cache.keys.shape[2] == 512
+    assert_close(mx.concatenate(pieces, axis=1), layer(x), what="compiled pieces vs full attention")
 
 
 @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])

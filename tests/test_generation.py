@@ -309,7 +309,7 @@ def test_generate_refuses_text_in_place_of_ids():
         generate(make_model("gpt2"), "hello", 5)
 
 
-# --- the compiled decode step (StaticKVCache) against the plain KVCache path ------------------------
+# --- the compiled decode step against the plain KVCache path ----------------------------------------
 
 
 def generate_both(model: TransformerLM, prompt: list[int], n: int, **kwargs) -> tuple[list[int], list[int]]:
@@ -334,23 +334,28 @@ def test_compiled_decode_gives_the_plain_paths_greedy_tokens_across_chunk_bounda
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_compiled_decode_step_logits_equal_full_recompute_across_a_chunk_boundary(kind):
-    from mlxllm.attention import StaticKVCache
-    from mlxllm.generation import _decode_one
+    from mlxllm.generation import _compiled_step
 
     model = randomize(make_model(kind), seed=3)
     ids = mx.random.randint(0, 97, (1, 270), key=mx.random.key(4))
     cache = model.make_cache()
     model(ids[:, :250], cache=cache)  # prefill through the plain path, as generate does
-    caches = [StaticKVCache.from_cache(c) for c in cache]
-    step, offset, logits = mx.compile(_decode_one(model), inputs=model), caches[0].offset, []
-    for t in range(250, 270):  # position 256 fills the first chunk: the storage grows and the step retraces
-        if t == caches[0].capacity:
-            caches = [c.grown(256) for c in caches]
-        out, keys, values, offset = step(ids[:, t], offset, [c.keys for c in caches], [c.values for c in caches])
-        caches = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
+    step, key, logits = _compiled_step(model, lambda logits, key: logits), mx.random.key(0), []
+    for t in range(250, 270):  # position 256 fills the first chunk: the storage grows
+        out, key = step(ids[:, t], cache, key)  # a "sampler" that hands back the logits themselves
         logits.append(out)
-    assert caches[0].capacity == 512 and offset.item() == 270
+    assert cache[0].offset == 270 and cache[0].keys.shape[2] == 512
     assert_close(mx.stack(logits, axis=1), model(ids)[:, 250:], what="compiled decode step vs full recompute")
+
+
+@pytest.mark.parametrize("overrides", [dict(parallel_block=True), dict(pre_norm=False), dict(qk_norm=True),
+                                       dict(position="sinusoidal"), dict(tie_embeddings=False)])
+def test_compiled_decode_follows_every_block_layout(overrides):
+    model = randomize(make_model("gpt2", **overrides), seed=7)
+    compiled, plain = generate_both(model, [5, 6, 7, 8], 24, temperature=0)
+    full, logits = argmax_loop_full_recompute(model, [5, 6, 7, 8], 24)
+    assert assert_greedy_tokens_agree(compiled, full, logits) == 24 or ON_GPU
+    assert compiled == plain or ON_GPU
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -382,11 +387,8 @@ def test_compiled_decode_sees_weights_updated_after_an_earlier_call():
     assert compiled != before  # not the old weights baked into the compiled step
 
 
-@pytest.mark.parametrize("n", [1, 2, 8, 9, 17])  # shorter than a block, one block, a block and a bit
-def test_compiled_blocks_hand_out_exactly_the_tokens_asked_for(n):
-    from mlxllm.generation import DECODE_BLOCK
-
-    assert DECODE_BLOCK == 8  # the lengths above straddle its multiples
+@pytest.mark.parametrize("n", [1, 2, 17])
+def test_compiled_decode_hands_out_exactly_the_tokens_asked_for(n):
     model = randomize(make_model("llama"), seed=4)
     compiled, plain = generate_both(model, [3, 1, 4], n, temperature=0)
     assert len(compiled) == n and (compiled == plain or ON_GPU)
@@ -401,11 +403,11 @@ def test_without_seed_or_key_the_draws_follow_mlx_global_random_state():
     mx.random.seed(12)
     other = list(generate(model, [3, 1, 4], 24, temperature=1.0))
     assert runs[0] == runs[1]  # reproducible under mx.random.seed
-    assert runs[0] == runs[2] or ON_GPU  # the compiled blocks draw what the plain path draws
+    assert runs[0] == runs[2] or ON_GPU  # the compiled step draws what the plain path draws
     assert other != runs[0] and len(set(runs[0])) > 5
 
 
-def test_a_custom_sampler_runs_inside_the_compiled_blocks():
+def test_a_custom_sampler_runs_inside_the_compiled_step():
     model = randomize(make_model("llama"), seed=4)
 
     def second_best(logits, key=None):  # mx operations only, as generate's docstring asks

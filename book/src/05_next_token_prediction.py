@@ -596,20 +596,22 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # ([Chapter 7](07_pretrained.ipynb) uses it to chat). Its code is in
 # `mlxllm/generation.py`; here are those pieces at work on §5.6's two runs.
 #
-# After the prompt, `generate` decodes in *compiled blocks*: one `mx.compile`d call runs
-# `DECODE_BLOCK` = 8 steps, the sampler included, each step feeding its token to the
-# next. For that the cache must keep one shape from token to token, so the block uses a
-# `StaticKVCache`: fixed storage whose fill position is an array, new keys written at
-# that position, and the empty slots masked out instead of sliced off. The idea: for a
-# model this small, much of a token's time is the host's (Python building the token's
-# graph, the runtime launching its kernels), and a block pays that once per 8 tokens.
-# Measure before believing it. On the CPU both paths decode at the same speed
-# (arithmetic dominates). On an H100 (`benchmarks/README.md`) the blocks were no faster
-# than the plain path: masking the empty slots takes attention off MLX's fused
-# one-token kernel, so each layer launches several kernels where the plain path
-# launches one. A block may compute a few tokens past a stop token or past
-# `max_new_tokens`; those are never handed out. `compiled=False` decodes through the
-# plain `KVCache` of §5.7
+# After the prompt, `generate` decodes one token per step, and most of each step is
+# *compiled*. Attention over the cache changes shape with every token (one more key),
+# so it stays outside `mx.compile`, on MLX's fused one-query kernel. Everything around
+# it is compiled per block and traced once, for its single shape: before attention the
+# norm, the q/k/v projections and RoPE (the position goes in as an array, so one trace
+# serves every position); after it the output projection, the residuals and the
+# feed-forward; at the end the final norm, the head and the sampler. For a model this
+# small much of a token's time is overhead (Python building the graph, the runtime
+# launching one kernel per small operation), and compiling fuses the elementwise
+# operations and turns a block's Python work into two calls. Each step is queued
+# before the token before it is read, so the device never waits for Python.
+# Measure before believing it: `benchmarks/README.md` has the runs. An earlier version
+# compiled blocks of 8 whole steps over a fixed-size cache whose empty slots were
+# masked out; the mask took attention off the fused kernel, and on an H100 those blocks
+# were slower than the plain path. `compiled=False` decodes through the plain `KVCache`
+# of §5.7
 # instead, one token at a time, and gives the same tokens:
 
 # %%
@@ -623,7 +625,7 @@ assert ends_before and stop not in stopped and len(stopped) <= 5
 # a sampler built once with make_sampler draws what the same keywords draw
 sampler = make_sampler(temperature=1.0, top_p=0.95)
 assert list(generate(model, prompt_ids, 16, sampler=sampler, seed=0)) == sampled
-# the plain KVCache path (compiled=False) gives the compiled blocks' tokens: exactly on
+# the plain KVCache path (compiled=False) gives the compiled step's tokens: exactly on
 # the CPU; on a GPU the two paths run different kernels, whose rounding can break a tie
 # between this untrained model's near-equal logits either way (the tests compare the
 # logits within the tolerance policy there)
@@ -647,9 +649,9 @@ if mx.default_device() == mx.cpu:
 # MLX kernels. Two things keep ours level: the LM head is applied to the last position
 # only, and the prompt's other tokens are run only for their keys and values (MLX never
 # computes what nothing uses). The same file records the opposite on NVIDIA GPUs (an
-# H200, and later an H100 with the compiled blocks): there ours prefills faster than
-# mlx-lm but decodes more slowly (an open issue), so "level" is a statement about the
-# CPU runs only.
+# H200, and later an H100): there ours prefills faster than mlx-lm, and how decoding
+# compares is recorded per run and per version of the decode step, so "level" is a
+# statement about the CPU runs only.
 #
 # ## Exercises
 #
