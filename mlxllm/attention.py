@@ -149,11 +149,15 @@ class MultiHeadAttention(nn.Module):
 
         ``offset`` is the position of x's first token (a cache's fill); an int32 array inside ``mx.compile``.
         """
-        B, T, _ = x.shape
-        # project, then split C into heads and move heads before time: (B, T, H*D) -> (B, H, T, D)
-        q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return self.heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), offset)
+
+    def heads(self, q: mx.array, k: mx.array, v: mx.array, offset: int | mx.array = 0) -> tuple[mx.array, ...]:
+        """Projections (B, T, H*D), (B, T, H_kv*D) ×2 → heads (B, H or H_kv, T, D), QK-normed and rotated."""
+        B, T, _ = q.shape
+        # split C into heads and move heads before time: (B, T, H*D) -> (B, H, T, D)
+        q = q.reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = k.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = v.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:  # rotate by absolute position; with a cache the new tokens start at offset

@@ -4,6 +4,8 @@ block(x) = x + attention(norm(x)), then x + ffn(norm(x))      (pre-norm: GPT-2, 
 block(x) = norm(x + attention(x)), then norm(x + ffn(x))      (post-norm: the 2017 Transformer)
 """
 
+from collections.abc import Callable
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -54,7 +56,12 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden_dims, dims, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C)
+        return self.down_proj(self.gated(self.gate_proj(x), self.up_proj(x)))  # (B, T, C)
+
+    @staticmethod
+    def gated(gate: mx.array, up: mx.array) -> mx.array:
+        """The gate: silu(gate) * up, elementwise (B, T, hidden)."""
+        return nn.silu(gate) * up
 
 
 def make_ffn(config: ModelConfig) -> nn.Module:
@@ -93,12 +100,16 @@ class TransformerBlock(nn.Module):
         """What attention reads: the normed stream (pre-norm, parallel) or the stream itself (post-norm)."""
         return self.attention_norm(x) if self.pre_norm or self.parallel else x
 
-    def residual(self, x: mx.array, h: mx.array, attended: mx.array) -> mx.array:
-        """The rest of the block once attention has read ``h = attention_input(x)`` and returned ``attended``."""
+    def residual(self, x: mx.array, h: mx.array, attended: mx.array, ffn: Callable | None = None) -> mx.array:
+        """The rest of the block once attention has read ``h = attention_input(x)`` and returned ``attended``.
+
+        ``ffn``: another function with ``self.ffn``'s result (generation's joined gate and up projections).
+        """
+        ffn = self.ffn if ffn is None else ffn
         if self.parallel:  # both branches read the same normed input
-            return x + self.dropout(attended) + self.dropout(self.ffn(h))
+            return x + self.dropout(attended) + self.dropout(ffn(h))
         if self.pre_norm:
             x = x + self.dropout(attended)
-            return x + self.dropout(self.ffn(self.ffn_norm(x)))
+            return x + self.dropout(ffn(self.ffn_norm(x)))
         x = self.attention_norm(x + self.dropout(attended))
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+        return self.ffn_norm(x + self.dropout(ffn(x)))

@@ -5,14 +5,18 @@ the decode loop just calls it: prefill the prompt into the KV cache, then feed e
 """
 
 import codecs
+import copy
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from mlxllm.attention import KVCache, scaled_dot_product_attention
+from mlxllm.block import SwiGLU, TransformerBlock
 from mlxllm.model import TransformerLM
 
 # Temperatures below this are greedy decoding (argmax): dividing by a tiny temperature would overflow
@@ -237,15 +241,22 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     Attention over the cache changes shape every token, so it stays outside ``mx.compile`` (and on the
     fused one-query kernel); everything around it is compiled per block, traced once for its single
     shape: the work before attention (norm, projections, RoPE at an ``offset`` array) and after it
-    (output projection, residuals, feed-forward), and the head with the sampler. The weights are inputs of
-    the compiled functions, so a model trained or changed later is seen as it is. The stages are kept with
-    the model, per sampler (a ``SamplingConfig`` is hashable) and per module tree (LoRA, quantization).
+    (output projection, residuals, feed-forward), and the head with the sampler. A block's q, k, v
+    projections run as one matrix product, and so do SwiGLU's gate and up (``_JoinedLinear``): fewer,
+    larger kernels per token. The weights are inputs of the compiled functions, so a model trained or
+    changed later is seen as it is. The stages are kept with the model, per sampler (a ``SamplingConfig``
+    is hashable) and per module tree (LoRA, quantization).
     """
-    kept = model.__dict__.setdefault("_mlxllm_decode_steps", {})
     modules = tuple(id(m) for _, m in model.named_modules())
-    if isinstance(sampler, SamplingConfig) and (step := kept.get((sampler, modules))) is not None:
+    kept = model.__dict__.get("_mlxllm_decode")
+    if kept is None or kept["modules"] != modules:  # first use, or LoRA / quantization changed the layers
+        stages = [_block_stages(block) for block in model.blocks]
+        kept = model.__dict__["_mlxllm_decode"] = {"modules": modules, "stages": stages, "steps": {}}
+    for _, _, joined in kept["stages"]:
+        for layer in joined.values():
+            layer.refresh()  # the model's current weights
+    if isinstance(sampler, SamplingConfig) and (step := kept["steps"].get(sampler)) is not None:
         return step
-    stages = [_block_stages(block) for block in model.blocks]
 
     def choose(x: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
         key, step_key = mx.random.split(key)
@@ -257,29 +268,81 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     def step(token: mx.array, cache: list[KVCache], key: mx.array) -> tuple[mx.array, mx.array]:
         offset = cache[0].offset
         x, position = model.embed(token[None], offset), mx.array(offset, dtype=mx.int32)  # (1, 1, C)
-        for (before, after), layer_cache in zip(stages, cache):
+        for (before, after, _), layer_cache in zip(kept["stages"], cache):
             h, q, k, v = before(x, position)
             k, v = layer_cache.update_and_fetch(k, v)  # (1, H_kv, offset + 1, D)
             x = after(x, h, scaled_dot_product_attention(q, k, v, mask=None))  # the newest query sees every key
         return choose(x, key)
 
     if isinstance(sampler, SamplingConfig):
-        kept[(sampler, modules)] = step
+        kept["steps"][sampler] = step
     return step
 
 
-def _block_stages(block) -> tuple[Callable, Callable]:
+def _block_stages(block: TransformerBlock) -> tuple[Callable, Callable, dict]:
     """A block's work before attention, ``(x, offset) → (h, q, k, v)``, and after it, ``(x, h, out) → x``,
-    each compiled with the block's weights as inputs."""
+    each compiled with the block's weights and its joined projections (the third item) as inputs."""
+    attention, ffn = block.attention, block.ffn
+    joined = {}
+    if _JoinedLinear.joinable([attention.q_proj, attention.k_proj, attention.v_proj]):
+        joined["qkv"] = _JoinedLinear([attention.q_proj, attention.k_proj, attention.v_proj])
+    if isinstance(ffn, SwiGLU) and _JoinedLinear.joinable([ffn.gate_proj, ffn.up_proj]):
+        joined["gate_up"] = _JoinedLinear([ffn.gate_proj, ffn.up_proj])
 
     def before(x: mx.array, offset: mx.array):
         h = block.attention_input(x)  # (1, 1, C)
-        return (h, *block.attention.project(h, offset))
+        if "qkv" not in joined:
+            return (h, *attention.project(h, offset))
+        return (h, *attention.heads(*joined["qkv"](h), offset))
+
+    def joined_ffn(x: mx.array) -> mx.array:  # SwiGLU with its gate and up projections as one
+        return ffn.down_proj(ffn.gated(*joined["gate_up"](x)))
 
     def after(x: mx.array, h: mx.array, out: mx.array) -> mx.array:
-        return block.residual(x, h, block.attention.output(out))  # (1, 1, C)
+        return block.residual(x, h, attention.output(out), joined_ffn if "gate_up" in joined else None)
 
-    return mx.compile(before, inputs=block), mx.compile(after, inputs=block)
+    weights = [block, {name: layer.layer for name, layer in joined.items()}]  # modules refresh updates in place
+    return mx.compile(before, inputs=weights), mx.compile(after, inputs=weights), joined
+
+
+class _JoinedLinear:
+    """Linear layers with the same input run as one layer: ``joined(x)`` → their outputs, one each.
+
+    The joined layer's weights are the layers' weights stacked by rows (output features), for plain or
+    quantized layers alike; each layer's own weights then become row slices of them (views: the memory is
+    not doubled). ``refresh`` rebuilds the join when a layer's weights were replaced (training, a dtype).
+    """
+
+    def __init__(self, layers: list[nn.Module]):
+        self.layers, self.views = layers, []
+        self.layer = copy.copy(layers[0])  # same kind and settings; its arrays are set by refresh
+
+    @staticmethod
+    def joinable(layers: list[nn.Module]) -> bool:
+        """Plain or quantized linear layers of one kind with the same settings (no LoRA adapters)."""
+        first = layers[0]
+        return type(first) in (nn.Linear, nn.QuantizedLinear) and all(
+            type(layer) is type(first) and vars(layer) == vars(first) and layer.keys() == first.keys()
+            for layer in layers)
+
+    def refresh(self) -> None:
+        if self.views and all(layer[name] is view for layer, name, view in self.views):
+            return  # the layers still hold our views: nothing changed
+        for name in self.layers[0]:  # weight, bias; a quantized layer's packed weight, scales and biases
+            self.layer[name] = mx.concatenate([layer[name] for layer in self.layers])
+        mx.eval(self.layer.parameters())
+        self.views, start = [], 0
+        for layer in self.layers:
+            rows = layer["weight"].shape[0]
+            for name in self.layers[0]:
+                layer[name] = self.layer[name][start : start + rows]
+                self.views.append((layer, name, layer[name]))
+            start += rows
+        mx.eval([view for _, _, view in self.views])
+        self.splits = list(itertools.accumulate(layer["weight"].shape[0] for layer in self.layers))[:-1]
+
+    def __call__(self, x: mx.array) -> list[mx.array]:
+        return mx.split(self.layer(x), self.splits, axis=-1)
 
 
 def stream_text(token_ids: Iterable[int], tokenizer) -> Iterator[str]:

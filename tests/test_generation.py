@@ -387,6 +387,46 @@ def test_compiled_decode_sees_weights_updated_after_an_earlier_call():
     assert compiled != before  # not the old weights baked into the compiled step
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_joined_linear_layers_compute_each_layers_output_and_keep_their_weights(quantized):
+    import mlx.nn as nn
+
+    from mlxllm.generation import _JoinedLinear
+
+    layers = [nn.Linear(64, n, bias=not quantized) for n in (64, 32, 32)]  # q, k, v of a GQA layer
+    if quantized:
+        layers = [nn.QuantizedLinear.from_linear(layer, group_size=32, bits=4) for layer in layers]
+    x = mx.random.normal((1, 3, 64), key=mx.random.key(0))
+    separate = [layer(x) for layer in layers]
+    weights = [np.array(layer.weight) for layer in layers]
+    joined = _JoinedLinear(layers)
+    joined.refresh()
+    for got, expected in zip(joined(x), separate):  # one matrix product, the same numbers as three
+        assert got.shape == expected.shape
+        assert_close(got, expected, what="joined vs separate linear layers")
+    assert all(np.array_equal(np.array(layer.weight), w) for layer, w in zip(layers, weights))
+    # a layer whose weight was replaced (as by an optimizer step) is joined again on the next refresh
+    layers[1].update({"weight": layers[0].weight[:32]} if quantized else {"weight": mx.zeros((32, 64))})
+    joined.refresh()
+    assert_close(joined(x)[1], layers[1](x), what="the join after a weight changed")
+
+
+def test_lora_and_mixed_layers_are_not_joined_but_decode_alike():
+    import mlx.nn as nn
+
+    from mlxllm.generation import _JoinedLinear
+    from mlxllm.lora import apply_lora
+
+    model = randomize(make_model("llama"), seed=8)
+    apply_lora(model, rank=4)  # q_proj and v_proj get adapters; k_proj stays a plain Linear
+    randomize(model, seed=9)  # non-zero adapters, so they change the tokens
+    attention = model.blocks[0].attention
+    assert not _JoinedLinear.joinable([attention.q_proj, attention.k_proj, attention.v_proj])
+    assert not _JoinedLinear.joinable([nn.Linear(8, 8), nn.QuantizedLinear(64, 8, group_size=32, bits=4)])
+    compiled, plain = generate_both(model, [3, 1, 4], 20, temperature=0)
+    assert compiled == plain or ON_GPU
+
+
 @pytest.mark.parametrize("n", [1, 2, 17])
 def test_compiled_decode_hands_out_exactly_the_tokens_asked_for(n):
     model = randomize(make_model("llama"), seed=4)
