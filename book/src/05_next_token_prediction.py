@@ -602,12 +602,14 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # it is compiled per block and traced once, for its single shape: before attention the
 # norm, the q/k/v projections and RoPE (the position goes in as an array, so one trace
 # serves every position); after it the output projection, the residuals and the
-# feed-forward; at the end the final norm, the head and the sampler. For a model this
-# small much of a token's time is overhead (Python building the graph, the runtime
-# launching one kernel per small operation), and compiling fuses the elementwise
-# operations and turns a block's Python work into two calls. Each step is queued
-# before the token before it is read, so the device never waits for Python.
-# Measure before believing it: `benchmarks/README.md` has the runs. An earlier version
+# feed-forward; at the end the final norm, the head and the sampler. The q, k and v
+# projections run as one matrix product (their weights stacked by rows), and so do
+# SwiGLU's gate and up. For a model this small much of a token's time is overhead
+# (Python building the graph, the runtime launching one kernel per small operation):
+# compiling fuses the elementwise operations, stacking the weights halves the matrix
+# products, and a block's Python work becomes two calls. Each step is queued before the
+# token before it is read, so the device never waits for Python. Measure before
+# believing it: `benchmarks/README.md` has the runs. An earlier version
 # compiled blocks of 8 whole steps over a fixed-size cache whose empty slots were
 # masked out; the mask took attention off the fused kernel, and on an H100 those blocks
 # were slower than the plain path. `compiled=False` decodes through the plain `KVCache`
