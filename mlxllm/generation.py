@@ -315,7 +315,10 @@ class _JoinedLinear:
 
     def __init__(self, layers: list[nn.Module]):
         self.layers, self.views = layers, []
+        self.rows = [layer["weight"].shape[0] for layer in layers]  # each layer's output features
+        self.splits = list(itertools.accumulate(self.rows))[:-1]  # where the joined output is cut
         self.layer = copy.copy(layers[0])  # same kind and settings; its arrays are set by refresh
+        self.refresh()
 
     @staticmethod
     def joinable(layers: list[nn.Module]) -> bool:
@@ -326,20 +329,18 @@ class _JoinedLinear:
             for layer in layers)
 
     def refresh(self) -> None:
+        """Join the layers' current weights, unless they still hold the views of the last join."""
         if self.views and all(layer[name] is view for layer, name, view in self.views):
             return  # the layers still hold our views: nothing changed
         for name in self.layers[0]:  # weight, bias; a quantized layer's packed weight, scales and biases
             self.layer[name] = mx.concatenate([layer[name] for layer in self.layers])
-        mx.eval(self.layer.parameters())
         self.views, start = [], 0
-        for layer in self.layers:
-            rows = layer["weight"].shape[0]
+        for layer, rows in zip(self.layers, self.rows):
             for name in self.layers[0]:
                 layer[name] = self.layer[name][start : start + rows]
                 self.views.append((layer, name, layer[name]))
             start += rows
-        mx.eval([view for _, _, view in self.views])
-        self.splits = list(itertools.accumulate(layer["weight"].shape[0] for layer in self.layers))[:-1]
+        mx.eval(self.layer.parameters(), [view for _, _, view in self.views])
 
     def __call__(self, x: mx.array) -> list[mx.array]:
         return mx.split(self.layer(x), self.splits, axis=-1)
