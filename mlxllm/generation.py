@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.attention import KVCache, scaled_dot_product_attention
 from mlxllm.block import SwiGLU, TransformerBlock
@@ -239,70 +240,142 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     """One decode step through compiled stages: ``step(token (1,), cache, key) → (next token (1,), key)``.
 
     Attention over the cache changes shape every token, so it stays outside ``mx.compile`` (and on the
-    fused one-query kernel); everything around it is compiled per block, traced once for its single
-    shape: the work before attention (norm, projections, RoPE at an ``offset`` array) and after it
-    (output projection, residuals, feed-forward), and the head with the sampler. A block's q, k, v
-    projections run as one matrix product, and so do SwiGLU's gate and up (``_JoinedLinear``): fewer,
-    larger kernels per token. The weights are inputs of the compiled functions, so a model trained or
-    changed later is seen as it is. The stages are kept with the model, per sampler (a ``SamplingConfig``
-    is hashable) and per module tree (LoRA, quantization).
+    fused one-query kernel), and so does the cache write (a static slice update); the work between two
+    attentions is one compiled function, traced once for its single shape: block i's output projection,
+    residuals and feed-forward, then block i+1's norm, projections and RoPE (at a ``position`` array).
+    The first stage starts at the embedding's output, the last ends with the head and the sampler. Each
+    stage gets the weights as arguments (``_WithWeights``), so a model trained or changed later is seen
+    as it is. Kernels per block are few: q, k, v are one matrix product, and so are SwiGLU's gate and up
+    (``_JoinedLinear``), and q and k are rotated in one RoPE call. The stages are kept with the model,
+    per module tree (LoRA, quantization); the last one per sampler.
     """
     modules = tuple(id(m) for _, m in model.named_modules())
     kept = model.__dict__.get("_mlxllm_decode")
     if kept is None or kept["modules"] != modules:  # first use, or LoRA / quantization changed the layers
-        stages = [_block_stages(block) for block in model.blocks]
-        kept = model.__dict__["_mlxllm_decode"] = {"modules": modules, "stages": stages, "steps": {}}
-    for _, _, joined in kept["stages"]:
-        for layer in joined.values():
-            layer.refresh()  # the model's current weights
-    if isinstance(sampler, SamplingConfig) and (step := kept["steps"].get(sampler)) is not None:
-        return step
+        blocks = [_BlockDecode(block) for block in model.blocks]
+        stages = [_WithWeights(blocks[0].enter, [blocks[0]])]
+        for left, right in itertools.pairwise(blocks):  # leave one block, enter the next
+            stages.append(_WithWeights(lambda x, h, out, position, left=left, right=right:
+                                       right.enter(left.leave(x, h, out), position), [left, right]))
+        kept = model.__dict__["_mlxllm_decode"] = {"modules": modules, "blocks": blocks, "stages": stages,
+                                                   "heads": {}}
+    for stage in kept["stages"]:
+        stage.refresh()  # the model's current weights, joined again where they changed
+    head = kept["heads"].get(sampler) if isinstance(sampler, SamplingConfig) else None
+    if head is None:
+        last = kept["blocks"][-1]
 
-    def choose(x: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
-        key, step_key = mx.random.split(key)
-        return sampler(model.logits(model.norm(x)[:, -1, :]), step_key), key  # (1,), the next key
+        def choose(x: mx.array, h: mx.array, out: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
+            key, step_key = mx.random.split(key)
+            x = model.norm(last.leave(x, h, out))  # (1, 1, C)
+            return sampler(model.logits(x[:, -1, :]), step_key), key  # (1,), the next key
 
-    head = {"norm": model.norm, "head": model.head if "head" in model else model.token_embedding}
-    choose = mx.compile(choose, inputs=head)
+        head = _WithWeights(choose, [last, model.norm, model.head if "head" in model else model.token_embedding])
+        if isinstance(sampler, SamplingConfig):  # hashable: kept for the next generate call
+            kept["heads"][sampler] = head
+    else:
+        head.refresh()
+    stages = kept["stages"]
 
     def step(token: mx.array, cache: list[KVCache], key: mx.array) -> tuple[mx.array, mx.array]:
         offset = cache[0].offset
-        x, position = model.embed(token[None], offset), mx.array(offset, dtype=mx.int32)  # (1, 1, C)
-        for (before, after, _), layer_cache in zip(kept["stages"], cache):
-            h, q, k, v = before(x, position)
+        position = mx.array(offset, dtype=mx.int32)  # one trace serves every position
+        carried = (model.embed(token[None], offset),)  # (1, 1, C)
+        for stage, layer_cache in zip(stages, cache):
+            x, h, q, k, v = stage(*carried, position)
             k, v = layer_cache.update_and_fetch(k, v)  # (1, H_kv, offset + 1, D)
-            x = after(x, h, scaled_dot_product_attention(q, k, v, mask=None))  # the newest query sees every key
-        return choose(x, key)
+            carried = (x, h, scaled_dot_product_attention(q, k, v, mask=None))  # the newest query sees every key
+        return head(*carried, key)
 
-    if isinstance(sampler, SamplingConfig):
-        kept["steps"][sampler] = step
     return step
 
 
-def _block_stages(block: TransformerBlock) -> tuple[Callable, Callable, dict]:
-    """A block's work before attention, ``(x, offset) → (h, q, k, v)``, and after it, ``(x, h, out) → x``,
-    each compiled with the block's weights and its joined projections (the third item) as inputs."""
-    attention, ffn = block.attention, block.ffn
-    joined = {}
-    if _JoinedLinear.joinable([attention.q_proj, attention.k_proj, attention.v_proj]):
-        joined["qkv"] = _JoinedLinear([attention.q_proj, attention.k_proj, attention.v_proj])
-    if isinstance(ffn, SwiGLU) and _JoinedLinear.joinable([ffn.gate_proj, ffn.up_proj]):
-        joined["gate_up"] = _JoinedLinear([ffn.gate_proj, ffn.up_proj])
+class _WithWeights:
+    """``mx.compile(fun)`` with the weights of ``modules`` as explicit arguments, listed once by ``refresh``.
 
-    def before(x: mx.array, offset: mx.array):
-        h = block.attention_input(x)  # (1, 1, C)
-        if "qkv" not in joined:
-            return (h, *attention.project(h, offset))
-        return (h, *attention.heads(*joined["qkv"](h), offset))
+    ``mx.compile(fun, inputs=modules)`` would walk the module trees on every call; a decode step makes
+    one call per block per token, so the arrays are listed once per ``generate`` call instead. While
+    ``fun`` is traced, the modules hold the traced arguments in place of their arrays.
+    """
 
-    def joined_ffn(x: mx.array) -> mx.array:  # SwiGLU with its gate and up projections as one
-        return ffn.down_proj(ffn.gated(*joined["gate_up"](x)))
+    def __init__(self, fun: Callable, parts: list["_BlockDecode | nn.Module"]):
+        self.fun, self.parts = fun, parts
+        self.compiled = mx.compile(self.traced)
+        self.refresh()
 
-    def after(x: mx.array, h: mx.array, out: mx.array) -> mx.array:
-        return block.residual(x, h, attention.output(out), joined_ffn if "gate_up" in joined else None)
+    def modules(self) -> list[nn.Module]:
+        """The modules whose arrays ``fun`` reads: the models and blocks, and their joined layers."""
+        found = []
+        for part in self.parts:
+            found += [part.block, *(j.layer for j in part.joined.values())] if isinstance(part, _BlockDecode) else [part]
+        return found
 
-    weights = [block, {name: layer.layer for name, layer in joined.items()}]  # modules refresh updates in place
-    return mx.compile(before, inputs=weights), mx.compile(after, inputs=weights), joined
+    def refresh(self) -> None:
+        """List the modules' current arrays (joining a block's layers again where their weights changed)."""
+        for part in self.parts:
+            if isinstance(part, _BlockDecode):
+                part.refresh()
+        self.names, self.arrays = [], []
+        for module in self.modules():
+            names, arrays = zip(*tree_flatten(module.parameters())) if module.parameters() else ((), ())
+            self.names.append(names)
+            self.arrays += arrays
+
+    def traced(self, arrays: list[mx.array], *args):
+        modules, start = self.modules(), 0
+        kept = [module.parameters() for module in modules]  # all of them first: a module may hold another
+        for module, names in zip(modules, self.names):
+            module.update(tree_unflatten(list(zip(names, arrays[start : start + len(names)]))))
+            start += len(names)
+        try:
+            return self.fun(*args)
+        finally:
+            for module, parameters in zip(modules, kept):
+                module.update(parameters)
+
+    def __call__(self, *args):
+        return self.compiled(self.arrays, *args)
+
+
+class _BlockDecode:
+    """One block's decode work before attention (``enter``) and after it (``leave``), for one new token."""
+
+    def __init__(self, block: TransformerBlock):
+        self.block = block
+        attention, ffn = block.attention, block.ffn
+        self.joined = {}
+        if _JoinedLinear.joinable([attention.q_proj, attention.k_proj, attention.v_proj]):
+            self.joined["qkv"] = _JoinedLinear([attention.q_proj, attention.k_proj, attention.v_proj])
+        if isinstance(ffn, SwiGLU) and _JoinedLinear.joinable([ffn.gate_proj, ffn.up_proj]):
+            self.joined["gate_up"] = _JoinedLinear([ffn.gate_proj, ffn.up_proj])
+
+    def refresh(self) -> None:
+        for layer in self.joined.values():
+            layer.refresh()
+
+    def enter(self, x: mx.array, position: mx.array) -> tuple[mx.array, ...]:
+        """x (1, 1, C) → (x, h, q, k, v): ``h`` what attention reads, q (1, H, 1, D), k and v (1, H_kv, 1, D)."""
+        h = self.block.attention_input(x)  # (1, 1, C)
+        return (x, h, *self.heads(h, position))
+
+    def heads(self, h: mx.array, position: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k, v heads of ``h``; with joined projections and RoPE, q and k are rotated in one call."""
+        attention = self.block.attention
+        if "qkv" not in self.joined:
+            return attention.project(h, position)
+        if attention.rope is None or attention.qk_norm:
+            return attention.heads(*self.joined["qkv"](h), position)
+        B, T, _ = h.shape
+        n_q, n_qk = attention.n_heads, attention.n_heads + attention.n_kv_heads
+        qkv = self.joined["qkv"].layer(h).reshape(B, T, -1, attention.head_dim).transpose(0, 2, 1, 3)
+        qk = attention.rope(qkv[:, :n_qk], position)  # (1, H + H_kv, 1, D): the same rotation for both
+        return qk[:, :n_q], qk[:, n_q:], qkv[:, n_qk:]
+
+    def leave(self, x: mx.array, h: mx.array, out: mx.array) -> mx.array:
+        """The rest of the block once attention returned ``out`` (1, H, 1, D): the next x (1, 1, C)."""
+        attention, ffn = self.block.attention, self.block.ffn
+        joined = (lambda n: ffn.down_proj(ffn.gated(*self.joined["gate_up"](n)))) if "gate_up" in self.joined else None
+        return self.block.residual(x, h, attention.output(out), joined)
 
 
 class _JoinedLinear:

@@ -598,16 +598,18 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 #
 # After the prompt, `generate` decodes one token per step, and most of each step is
 # *compiled*. Attention over the cache changes shape with every token (one more key),
-# so it stays outside `mx.compile`, on MLX's fused one-query kernel. Everything around
-# it is compiled per block and traced once, for its single shape: before attention the
-# norm, the q/k/v projections and RoPE (the position goes in as an array, so one trace
-# serves every position); after it the output projection, the residuals and the
-# feed-forward; at the end the final norm, the head and the sampler. The q, k and v
-# projections run as one matrix product (their weights stacked by rows), and so do
-# SwiGLU's gate and up. For a model this small much of a token's time is overhead
-# (Python building the graph, the runtime launching one kernel per small operation):
-# compiling fuses the elementwise operations, stacking the weights halves the matrix
-# products, and a block's Python work becomes two calls. Each step is queued before the
+# so it stays outside `mx.compile`, on MLX's fused one-query kernel, and so does the
+# cache write. The work between two attentions is one compiled *stage*, traced once for
+# its single shape: block i's output projection, residuals and feed-forward, then block
+# i+1's norm, q/k/v projections and RoPE (the position goes in as an array, so one
+# trace serves every position). The first stage starts at the embedding, the last ends
+# with the final norm, the head and the sampler. The q, k and v projections run as one
+# matrix product (their weights stacked by rows), q and k are rotated in one RoPE call,
+# and SwiGLU's gate and up are one product too. For a model this small much of a
+# token's time is overhead (Python building the graph, the runtime launching one kernel
+# per small operation): compiling fuses the elementwise operations, stacking the
+# weights halves the matrix products, and a block's Python work becomes one call.
+# Each step is queued before the
 # token before it is read, so the device never waits for Python. Measure before
 # believing it: `benchmarks/README.md` has the runs. An earlier version
 # compiled blocks of 8 whole steps over a fixed-size cache whose empty slots were
