@@ -259,8 +259,10 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
                                        right.enter(left.leave(x, h, out), position), [left, right]))
         kept = model.__dict__["_mlxllm_decode"] = {"modules": modules, "blocks": blocks, "stages": stages,
                                                    "heads": {}}
+    for block in kept["blocks"]:
+        block.refresh()  # the model's current weights, joined again where they changed
     for stage in kept["stages"]:
-        stage.refresh()  # the model's current weights, joined again where they changed
+        stage.refresh()  # ... and listed once for this generate call
     head = kept["heads"].get(sampler) if isinstance(sampler, SamplingConfig) else None
     if head is None:
         last = kept["blocks"][-1]
@@ -311,10 +313,7 @@ class _WithWeights:
         return found
 
     def refresh(self) -> None:
-        """List the modules' current arrays (joining a block's layers again where their weights changed)."""
-        for part in self.parts:
-            if isinstance(part, _BlockDecode):
-                part.refresh()
+        """List the modules' current arrays (the blocks' joined layers are refreshed before, once each)."""
         self.names, self.arrays = [], []
         for module in self.modules():
             names, arrays = zip(*tree_flatten(module.parameters())) if module.parameters() else ((), ())

@@ -138,12 +138,11 @@ def masked_cross_entropy(logits: mx.array, targets: mx.array, z_loss: float = 0.
         raise ValueError(f"logits {logits.shape} and targets {targets.shape} disagree")
     keep = targets != IGNORE  # (B, T)
     logits = logits.astype(mx.float32)
-    log_z = mx.logsumexp(logits, axis=-1)  # (B, T)
-    target_logits = mx.take_along_axis(logits, mx.maximum(targets, 0)[..., None], axis=-1).squeeze(-1)
+    per_token = mx.fast.cross_entropy(logits, mx.maximum(targets, 0))  # (B, T), fused on a GPU
     count = mx.maximum(keep.sum(), 1).astype(mx.float32)
-    loss = mx.where(keep, log_z - target_logits, 0.0).sum() / count
+    loss = mx.where(keep, per_token, 0.0).sum() / count
     if z_loss:
-        loss = loss + z_loss * mx.where(keep, log_z**2, 0.0).sum() / count
+        loss = loss + z_loss * mx.where(keep, mx.logsumexp(logits, axis=-1) ** 2, 0.0).sum() / count
     return loss
 
 
@@ -159,16 +158,15 @@ def get_rows(rows: mx.array, batch_size: int, key: mx.array) -> tuple[mx.array, 
 
 
 def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig,
-                    diagnostics: bool = False, compile: bool = True, masked: bool = False) -> Callable:
-    """``step(inputs, targets)`` on (A, B, T) micro-batches → (loss, grad norm, lr[, update:data ratios]).
+                    compile: bool = True, masked: bool = False) -> Callable:
+    """``step(inputs, targets)`` on (A, B, T) micro-batches → (loss, gradient norm, learning rate).
 
     Compiled with the model, optimizer and random state as implicit inputs and outputs, so the graph is
     traced once and parameters are updated in place; the caller evaluates the outputs and the state.
-    ``diagnostics=True`` also returns ‖Δθ‖ / ‖θ‖ per ``parameter_groups`` entry (a separate trace,
-    used every few steps: it reads every parameter twice more). ``compile=False`` is for comparison.
-    The ids were range-checked once when the trainer was made, so the model skips that check here.
-    ``masked=True``: targets equal to ``IGNORE`` carry no loss (fine-tuning rows, Chapter 9). Gradients are
-    taken for the trainable parameters only, so a frozen model with LoRA adapters updates the adapters only.
+    ``compile=False`` is for comparison. The ids were range-checked once when the trainer was made, so
+    the model skips that check here. ``masked=True``: targets equal to ``IGNORE`` carry no loss
+    (fine-tuning rows, Chapter 9). Gradients are taken for the trainable parameters only, so a frozen
+    model with LoRA adapters updates the adapters only.
     """
     loss_fn = token_loss(masked)
     if config.dtype == "mixed-bfloat16":
@@ -176,7 +174,6 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
     else:
         loss_and_grad = nn.value_and_grad(model, lambda m, x, y: loss_fn(m(x, check_ids=False), y,
                                                                           z_loss=config.z_loss))
-    groups = parameter_groups(model)
     group = world()
     state = [model.state, optimizer.state, mx.random.state]
 
@@ -189,24 +186,41 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
             loss, grads = loss / inputs.shape[0], tree_map(lambda g: g / inputs.shape[0], grads)
         # data parallel (Appendix): one all-reduce makes every rank's gradient the global batch's mean
         loss, grads = all_mean(loss, group), nn.average_gradients(grads, group)
-        grad_norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
+        grad_norm = mx.sqrt(sum_of_squares([g for _, g in tree_flatten(grads)]).sum())
         if config.grad_clip > 0:  # rescale all gradients together when their global norm is too large
             scale = mx.minimum(1.0, config.grad_clip / (grad_norm + 1e-6))
             grads = tree_map(lambda g: g * scale.astype(g.dtype), grads)
-        before = tree_flatten(model.trainable_parameters())
         optimizer.update(model, grads)
-        if not diagnostics:
-            return loss, grad_norm, optimizer.learning_rate
-        # update:data ratio per group, ‖Δθ‖ / ‖θ‖ (Karpathy: around 1e-3 is healthy)
-        update_sq, data_sq = dict.fromkeys(groups, 0.0), dict.fromkeys(groups, 0.0)
-        for (path, old), (_, new) in zip(before, tree_flatten(model.trainable_parameters())):
-            old, new = old.astype(mx.float32), new.astype(mx.float32)
-            update_sq[parameter_group(path)] += mx.sum((new - old) ** 2)
-            data_sq[parameter_group(path)] += mx.sum(old**2)
-        ratios = mx.stack([mx.sqrt(update_sq[g] / (data_sq[g] + 1e-12)) for g in groups])
-        return loss, grad_norm, optimizer.learning_rate, ratios
+        return loss, grad_norm, optimizer.learning_rate
 
     return mx.compile(step, inputs=state, outputs=state) if compile else step
+
+
+def sum_of_squares(arrays: list[mx.array]) -> mx.array:
+    """(N,) float32: each array's sum of squares, as N reductions and one stack (no chain of N adds,
+    which ``mx.compile`` would fuse into one more kernel to build on a GPU's first run)."""
+    return mx.stack([mx.square(a.astype(mx.float32)).sum() for a in arrays])
+
+
+def make_update_ratios(model: nn.Module) -> Callable:
+    """``ratios(before, after)`` → (G,) ‖Δθ‖ / ‖θ‖ per ``parameter_groups`` entry, from the trainable
+    parameters before and after a step (Karpathy: around 1e-3 is healthy). Chapter 6.
+
+    Measured every few steps on arrays the step leaves behind anyway, so the step itself stays the same.
+    """
+    paths = [path for path, _ in tree_flatten(model.trainable_parameters())]
+    groups = parameter_groups(model)
+    member = mx.array([[parameter_group(path) == g for path in paths] for g in groups])  # (G, P)
+
+    def ratios(before: dict, after: dict) -> mx.array:
+        old = [p for _, p in tree_flatten(before)]
+        new = [p for _, p in tree_flatten(after)]
+        update_sq = sum_of_squares([n.astype(mx.float32) - o.astype(mx.float32) for o, n in zip(old, new)])
+        data_sq = sum_of_squares(old)  # (P,)
+        sums = mx.where(member[:, None], mx.stack([update_sq, data_sq])[None], 0.0).sum(axis=-1)  # (G, 2)
+        return mx.sqrt(sums[:, 0] / (sums[:, 1] + 1e-12))
+
+    return mx.compile(ratios)
 
 
 def mixed_precision(model: nn.Module, config: TrainConfig, masked: bool = False) -> Callable:
@@ -268,6 +282,7 @@ class Trainer:
     """
 
     DIAGNOSTICS_EVERY = 10  # steps between update:data ratio measurements (and metric reads)
+    KEYS_AHEAD = 64  # steps whose random keys are split, and their dropout seeds read, at once
 
     model: TransformerLM
     config: TrainConfig
@@ -291,8 +306,9 @@ class Trainer:
         self._val = mx.array(np.asarray(self.val_ids, dtype=np.int32))
         if self.batch_key is None:
             self.batch_key = mx.random.key(self.config.seed)
-        self._step_fns = None
+        self._step_fn = None
         self._pending = []  # (step, grad_norm, lr) arrays not yet read to the host
+        self._keys = []  # (from batch_key, next batch_key, batch key, dropout seed) of the coming steps
         self._stop_signal = None
         self.best_parameters = None  # the parameters at the best evaluation (config.save == "best")
 
@@ -393,19 +409,36 @@ class Trainer:
         """(A, B, T) inputs and targets for one optimizer step, from the next split of ``batch_key``.
 
         The step's dropout randomness is derived from the same key (MLX's global random state is set
-        from it), so ``batch_key`` alone determines every random draw of the rest of the run. The keys
-        are split on the CPU stream: reading the dropout seed then never waits for queued GPU work.
+        from it), so ``batch_key`` alone determines every random draw of the rest of the run.
         """
         c = self.config
-        self.batch_key, key, dropout_key = mx.random.split(self.batch_key, 3, stream=mx.cpu)
-        high, low = dropout_key.tolist()
-        mx.random.seed((high << 32 | low) ^ self.group.rank())  # key(high·2³² + low) == dropout_key (on rank 0)
+        self.batch_key, key, seed = self._next_keys()
+        mx.random.seed(seed ^ self.group.rank())  # key(seed) == the step's dropout key (on rank 0)
         if self.rows:
             inputs, targets = get_rows(self._train, c.grad_accumulation * c.batch_size, key)
         else:
             inputs, targets = get_batch(self._train, c.grad_accumulation * c.batch_size, self.context, key)
         shape = (c.grad_accumulation, c.batch_size, self.context)
         return shard_rows(inputs.reshape(shape), self.group), shard_rows(targets.reshape(shape), self.group)
+
+    def _next_keys(self) -> tuple[mx.array, mx.array, int]:
+        """(next batch_key, batch key, dropout seed) of the coming step: split ``KEYS_AHEAD`` steps ahead.
+
+        The splits run on the CPU stream and their dropout seeds are read in one transfer, so the host
+        waits once per ``KEYS_AHEAD`` steps, never for queued device work. Exactly the keys that one
+        split per step would give; a ``batch_key`` set from outside (a resume) starts a new chain.
+        """
+        if not self._keys or self._keys[0][0] is not self.batch_key:
+            chain, parent = [], self.batch_key
+            for _ in range(self.KEYS_AHEAD):
+                following, key, dropout_key = mx.random.split(parent, 3, stream=mx.cpu)
+                chain.append((parent, following, key, dropout_key))
+                parent = following
+            seeds = mx.stack([link[3] for link in chain]).tolist()  # (KEYS_AHEAD, 2) uint32 words
+            self._keys = [(parent, following, key, high << 32 | low)
+                          for (parent, following, key, _), (high, low) in zip(chain, seeds)]
+        _, following, key, seed = self._keys.pop(0)
+        return following, key, seed
 
     def train_step(self) -> float:
         """One optimizer step; returns the loss, its one host read per step (it also catches NaN).
@@ -435,13 +468,15 @@ class Trainer:
 
         From here on the model and optimizer hold that step's (lazy) state; ``_finish`` reads its loss.
         """
-        if self._step_fns is None:  # traced lazily: after a resume, against the restored state
-            self._step_fns = [make_train_step(self.model, self.optimizer, self.config, diagnostics=d,
-                                              masked=self.rows) for d in (False, True)]
-            self._groups = parameter_groups(self.model)  # the order of the diagnostic step's ratios
-        with_diagnostics = step % self.DIAGNOSTICS_EVERY == 0
+        if self._step_fn is None:  # traced lazily: after a resume, against the restored state
+            self._step_fn = make_train_step(self.model, self.optimizer, self.config, masked=self.rows)
+            self._ratios = make_update_ratios(self.model)
+            self._groups = parameter_groups(self.model)  # the order of the ratios
+        # every few steps the update:data ratios, from the parameters before (kept) and after the step
+        before = self.model.trainable_parameters() if step % self.DIAGNOSTICS_EVERY == 0 else None
         inputs, targets = self.next_batch()
-        loss, grad_norm, lr, *ratios = self._step_fns[with_diagnostics](inputs, targets)
+        loss, grad_norm, lr = self._step_fn(inputs, targets)
+        ratios = [] if before is None else [self._ratios(before, self.model.trainable_parameters())]
         # the one evaluation per step: the outputs and every piece of state the next step reads
         mx.async_eval(loss, grad_norm, lr, ratios, self.model.state, self.optimizer.state, self.batch_key)
         return step, loss, grad_norm, lr, ratios
@@ -467,11 +502,14 @@ class Trainer:
         return loss
 
     def flush_metrics(self) -> None:
-        """Read the pending gradient norms and learning rates to the host in one transfer."""
+        """Read the pending gradient norms and learning rates to the host.
+
+        Each is read as it is, with no new device op: an op would queue behind the step in flight and
+        the host would wait for that step (``mx.stack`` did).
+        """
         if self._pending:
-            values = mx.stack([mx.stack([g, lr.astype(mx.float32)]) for g, lr in self._pending]).tolist()
-            self.metrics["grad_norm"] += [round(g, 6) for g, _ in values]
-            self.metrics["lr"] += [lr for _, lr in values]
+            self.metrics["grad_norm"] += [round(g.item(), 6) for g, _ in self._pending]
+            self.metrics["lr"] += [lr.item() for _, lr in self._pending]
             self._pending = []
 
     def sync_ranks(self) -> None:

@@ -373,8 +373,10 @@ assert abs(kept - 0.75) < 0.02
 # calls replay it with fused kernels and no Python overhead. The model, the optimizer
 # state and MLX's random state (dropout) are not arguments of the step, so they are
 # declared as implicit `inputs` and `outputs`: the compiled step reads them and writes
-# their new values back. The package's step, with gradient accumulation, clipping and
-# (every few steps) the update:data diagnostics:
+# their new values back. The package's step, with gradient accumulation and clipping.
+# Every few steps the trainer also measures the update:data ratios, from the parameters
+# it kept from before the step and those after it (`make_update_ratios`), so the step
+# itself is the same every time; the loss is `mx.fast.cross_entropy`'s fused kernel:
 
 # %%
 print(inspect.getsource(training.make_train_step))
