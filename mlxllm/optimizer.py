@@ -1,6 +1,6 @@
 """The optimizer: AdamW with weight decay on matrices only, and a warmup + cosine learning-rate schedule.
 
-Two AdamW groups share one schedule; ``parameter_groups`` names the parts of the model whose
+AdamW on the matrices and Adam (no decay) on the rest share one schedule; ``parameter_groups`` names the parts of the model whose
 update:data ratios the trainer reports. Built in Chapter 6, Training.
 """
 
@@ -42,11 +42,14 @@ def decays(path: str, parameter: mx.array) -> bool:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> optim.MultiOptimizer:
-    """Two AdamW groups sharing one schedule: decayed matrices and everything else (decay 0). Chapter 6."""
+    """Two groups sharing one schedule: AdamW on the decayed matrices, Adam on everything else. Chapter 6.
+
+    Adam is AdamW with decay 0, bit for bit, without the multiplication by 1 (one kernel less per step).
+    """
     schedule = lr_schedule(config)
     betas = [config.beta1, config.beta2]
     with_decay = optim.AdamW(schedule, betas, weight_decay=config.weight_decay, bias_correction=True)
-    without_decay = optim.AdamW(schedule, betas, weight_decay=0.0, bias_correction=True)
+    without_decay = optim.Adam(schedule, betas, bias_correction=True)
     optimizer = optim.MultiOptimizer([with_decay, without_decay], [decays])
     optimizer.init(model.trainable_parameters())
     return optimizer

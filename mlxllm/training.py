@@ -202,25 +202,28 @@ def sum_of_squares(arrays: list[mx.array]) -> mx.array:
     return mx.stack([mx.square(a.astype(mx.float32)).sum() for a in arrays])
 
 
-def make_update_ratios(model: nn.Module) -> Callable:
-    """``ratios(before, after)`` → (G,) ‖Δθ‖ / ‖θ‖ per ``parameter_groups`` entry, from the trainable
-    parameters before and after a step (Karpathy: around 1e-3 is healthy). Chapter 6.
+def make_update_ratios(model: nn.Module) -> tuple[Callable, Callable]:
+    """``(sums, ratios)`` for the update:data ratio ‖Δθ‖ / ‖θ‖ per ``parameter_groups`` entry (Karpathy:
+    around 1e-3 is healthy). Chapter 6.
 
-    Measured every few steps on arrays the step leaves behind anyway, so the step itself stays the same.
+    ``sums(before, after)`` → (2, P) on the device: ‖Δθ‖² and ‖θ‖² of each trainable parameter, from the
+    parameters before and after a step (arrays the step leaves behind anyway, so the step itself stays
+    the same); ``ratios(sums)`` → the G ratios, summed per group on the host.
     """
-    paths = [path for path, _ in tree_flatten(model.trainable_parameters())]
-    groups = parameter_groups(model)
-    member = mx.array([[parameter_group(path) == g for path in paths] for g in groups])  # (G, P)
+    groups = [parameter_group(path) for path, _ in tree_flatten(model.trainable_parameters())]
+    member = np.array([[group == name for group in groups] for name in parameter_groups(model)], dtype=np.float64)
 
-    def ratios(before: dict, after: dict) -> mx.array:
-        old = [p for _, p in tree_flatten(before)]
-        new = [p for _, p in tree_flatten(after)]
-        update_sq = sum_of_squares([n.astype(mx.float32) - o.astype(mx.float32) for o, n in zip(old, new)])
-        data_sq = sum_of_squares(old)  # (P,)
-        sums = mx.where(member[:, None], mx.stack([update_sq, data_sq])[None], 0.0).sum(axis=-1)  # (G, 2)
-        return mx.sqrt(sums[:, 0] / (sums[:, 1] + 1e-12))
+    @mx.compile
+    def sums(before: dict, after: dict) -> mx.array:
+        old = [p.astype(mx.float32) for _, p in tree_flatten(before)]
+        new = [p.astype(mx.float32) for _, p in tree_flatten(after)]
+        return mx.stack([sum_of_squares([n - o for o, n in zip(old, new)]), sum_of_squares(old)])  # (2, P)
 
-    return mx.compile(ratios)
+    def ratios(sums: mx.array) -> list[float]:
+        update_sq, data_sq = np.array(sums, dtype=np.float64) @ member.T  # (2, P) @ (P, G) → two (G,)
+        return np.sqrt(update_sq / (data_sq + 1e-12)).tolist()
+
+    return sums, ratios
 
 
 def mixed_precision(model: nn.Module, config: TrainConfig, masked: bool = False) -> Callable:
@@ -470,13 +473,13 @@ class Trainer:
         """
         if self._step_fn is None:  # traced lazily: after a resume, against the restored state
             self._step_fn = make_train_step(self.model, self.optimizer, self.config, masked=self.rows)
-            self._ratios = make_update_ratios(self.model)
+            self._update_sums, self._update_ratios = make_update_ratios(self.model)
             self._groups = parameter_groups(self.model)  # the order of the ratios
         # every few steps the update:data ratios, from the parameters before (kept) and after the step
         before = self.model.trainable_parameters() if step % self.DIAGNOSTICS_EVERY == 0 else None
         inputs, targets = self.next_batch()
         loss, grad_norm, lr = self._step_fn(inputs, targets)
-        ratios = [] if before is None else [self._ratios(before, self.model.trainable_parameters())]
+        ratios = [] if before is None else [self._update_sums(before, self.model.trainable_parameters())]
         # the one evaluation per step: the outputs and every piece of state the next step reads
         mx.async_eval(loss, grad_norm, lr, ratios, self.model.state, self.optimizer.state, self.batch_key)
         return step, loss, grad_norm, lr, ratios
@@ -496,7 +499,7 @@ class Trainer:
         if ratios:
             m = self.metrics["update_ratio"]
             m["step"] = m.get("step", []) + [self.step]
-            for group, ratio in zip(self._groups, ratios[0].tolist()):
+            for group, ratio in zip(self._groups, self._update_ratios(ratios[0])):
                 m.setdefault(group, []).append(ratio)
             self.flush_metrics()
         return loss
