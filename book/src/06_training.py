@@ -35,6 +35,7 @@
 import inspect
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -812,6 +813,9 @@ for (name, a), (_, b) in zip(tree_flatten(accumulated), tree_flatten(full_batch)
     assert_close(a, b, what=name)  # another order of summation: float32 rounding
 print(f"{n_micro} micro-batches of 2 rows, averaged == one batch of 8 rows "
       "(to float32 rounding)")
+
+# %%
+shutil.rmtree(folder.parent)  # this chapter's scratch checkpoints
 
 # %% [markdown]
 # ## What we built

@@ -1036,6 +1036,9 @@ assert list(until_stop(answer + eos + [198], eos)) == answer  # 198: a newline
 print("until_stop == generate(stop_ids=...): both end before the stop id; §7.14's "
       f"answer ends at <|im_end|> (id {eos[0]})")
 
+# %%
+scratch.cleanup()  # this chapter's scratch folder (saved and converted models)
+
 # %% [markdown]
 # ## What we built
 #

@@ -29,6 +29,7 @@ import json
 import math
 import subprocess
 import sys
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -650,6 +651,9 @@ for ranks in (2, 4, 8):
     assert math.isclose(low, 8 * F / (6 * W), rel_tol=1e-9), ranks
 print(f"100 Gb/s: break-even at {8 * F / (6 * W):.0f} tokens per step for N = 2, 4 "
       "and 8 alike: the (N − 1) / N of the ring cancels that of the compute saved")
+
+# %%
+shutil.rmtree(work)  # this appendix's scratch scripts and parameters
 
 # %% [markdown]
 # ## What we built
