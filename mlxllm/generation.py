@@ -316,7 +316,8 @@ class _WithWeights:
         """List the modules' current arrays (the blocks' joined layers are refreshed before, once each)."""
         self.names, self.arrays = [], []
         for module in self.modules():
-            names, arrays = zip(*tree_flatten(module.parameters())) if module.parameters() else ((), ())
+            parameters = tree_flatten(module.parameters())
+            names, arrays = zip(*parameters) if parameters else ((), ())
             self.names.append(names)
             self.arrays += arrays
 

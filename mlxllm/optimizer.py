@@ -1,7 +1,7 @@
 """The optimizer: AdamW with weight decay on matrices only, and a warmup + cosine learning-rate schedule.
 
-AdamW on the matrices and Adam (no decay) on the rest share one schedule; ``parameter_groups`` names the parts of the model whose
-update:data ratios the trainer reports. Built in Chapter 6, Training.
+AdamW on the matrices and Adam (no decay) on the rest share one schedule; ``parameter_groups``
+names the parts of the model whose update:data ratios the trainer reports. Built in Chapter 6, Training.
 """
 
 from __future__ import annotations

@@ -208,10 +208,11 @@ def make_update_ratios(model: nn.Module) -> tuple[Callable, Callable]:
 
     ``sums(before, after)`` → (2, P) on the device: ‖Δθ‖² and ‖θ‖² of each trainable parameter, from the
     parameters before and after a step (arrays the step leaves behind anyway, so the step itself stays
-    the same); ``ratios(sums)`` → the G ratios, summed per group on the host.
+    the same); ``ratios(sums)`` → {group: ratio}, summed per group on the host.
     """
-    groups = [parameter_group(path) for path, _ in tree_flatten(model.trainable_parameters())]
-    member = np.array([[group == name for group in groups] for name in parameter_groups(model)], dtype=np.float64)
+    groups = [parameter_group(path) for path, _ in tree_flatten(model.trainable_parameters())]  # (P,)
+    names = parameter_groups(model)  # (G,)
+    member = np.array([[group == name for group in groups] for name in names], dtype=np.float64)  # (G, P)
 
     @mx.compile
     def sums(before: dict, after: dict) -> mx.array:
@@ -219,9 +220,9 @@ def make_update_ratios(model: nn.Module) -> tuple[Callable, Callable]:
         new = [p.astype(mx.float32) for _, p in tree_flatten(after)]
         return mx.stack([sum_of_squares([n - o for o, n in zip(old, new)]), sum_of_squares(old)])  # (2, P)
 
-    def ratios(sums: mx.array) -> list[float]:
+    def ratios(sums: mx.array) -> dict[str, float]:
         update_sq, data_sq = np.array(sums, dtype=np.float64) @ member.T  # (2, P) @ (P, G) → two (G,)
-        return np.sqrt(update_sq / (data_sq + 1e-12)).tolist()
+        return dict(zip(names, np.sqrt(update_sq / (data_sq + 1e-12)).tolist()))
 
     return sums, ratios
 
@@ -474,7 +475,6 @@ class Trainer:
         if self._step_fn is None:  # traced lazily: after a resume, against the restored state
             self._step_fn = make_train_step(self.model, self.optimizer, self.config, masked=self.rows)
             self._update_sums, self._update_ratios = make_update_ratios(self.model)
-            self._groups = parameter_groups(self.model)  # the order of the ratios
         # every few steps the update:data ratios, from the parameters before (kept) and after the step
         before = self.model.trainable_parameters() if step % self.DIAGNOSTICS_EVERY == 0 else None
         inputs, targets = self.next_batch()
@@ -499,7 +499,7 @@ class Trainer:
         if ratios:
             m = self.metrics["update_ratio"]
             m["step"] = m.get("step", []) + [self.step]
-            for group, ratio in zip(self._groups, self._update_ratios(ratios[0])):
+            for group, ratio in self._update_ratios(ratios[0]).items():
                 m.setdefault(group, []).append(ratio)
             self.flush_metrics()
         return loss
