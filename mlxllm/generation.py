@@ -244,10 +244,12 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     attentions is one compiled function, traced once for its single shape: block i's output projection,
     residuals and feed-forward, then block i+1's norm, projections and RoPE (at a ``position`` array).
     The first stage starts at the embedding's output, the last ends with the head and the sampler. Each
-    stage gets the weights as arguments (``_WithWeights``), so a model trained or changed later is seen
-    as it is. Kernels per block are few: q, k, v are one matrix product, and so are SwiGLU's gate and up
-    (``_JoinedLinear``), and q and k are rotated in one RoPE call. The stages are kept with the model,
-    per module tree (LoRA, quantization); the last one per sampler.
+    stage holds the weights as constants of its trace (``_WithWeights``) and is traced again when a
+    ``generate`` call finds new weight arrays, so a model trained or changed later is seen as it is.
+    A GPU runs these small steps as fast as the host can queue their operations, so each block has few:
+    q, k, v are one matrix product, and so are SwiGLU's gate and up (``_JoinedLinear``); q and k are
+    rotated in one RoPE call; the token stays one (1, C) row; weights are transposed once (``_Transposed``).
+    The stages are kept with the model, per module tree (LoRA, quantization); the last one per sampler.
     """
     modules = tuple(id(m) for _, m in model.named_modules())
     kept = model.__dict__.get("_mlxllm_decode")
@@ -267,10 +269,14 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     if head is None:
         last = kept["blocks"][-1]
 
+        greedy = isinstance(sampler, SamplingConfig) and sampler.greedy  # argmax draws no key
+
         def choose(x: mx.array, h: mx.array, out: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
+            x = model.norm(last.leave(x, h, out))  # (1, C)
+            if greedy:
+                return sampler(model.logits(x)), key
             key, step_key = mx.random.split(key)
-            x = model.norm(last.leave(x, h, out))  # (1, 1, C)
-            return sampler(model.logits(x[:, -1, :]), step_key), key  # (1,), the next key
+            return sampler(model.logits(x), step_key), key  # (1,), the next key
 
         head = _WithWeights(choose, [last, model.norm, model.head if "head" in model else model.token_embedding])
         if isinstance(sampler, SamplingConfig):  # hashable: kept for the next generate call
@@ -282,7 +288,7 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     def step(token: mx.array, cache: list[KVCache], key: mx.array) -> tuple[mx.array, mx.array]:
         offset = cache[0].offset
         position = mx.array(offset, dtype=mx.int32)  # one trace serves every position
-        carried = (model.embed(token[None], offset),)  # (1, 1, C)
+        carried = (model.embed(token[None], offset).reshape(1, -1),)  # (1, C): one token, one row
         for stage, layer_cache in zip(stages, cache):
             x, h, q, k, v = stage(*carried, position)
             k, v = layer_cache.update_and_fetch(k, v)  # (1, H_kv, offset + 1, D)
@@ -293,16 +299,16 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
 
 
 class _WithWeights:
-    """``mx.compile(fun)`` with the weights of ``modules`` as explicit arguments, listed once by ``refresh``.
+    """``mx.compile(fun)`` over the current weights of ``modules``, which the trace holds as constants.
 
-    ``mx.compile(fun, inputs=modules)`` would walk the module trees on every call; a decode step makes
-    one call per block per token, so the arrays are listed once per ``generate`` call instead. While
-    ``fun`` is traced, the modules hold the traced arguments in place of their arrays.
+    ``mx.compile(fun, inputs=modules)`` would walk the module trees on every call, and weights passed as
+    arguments are checked on every call; a decode step makes one call per block per token. So the
+    arrays are listed once per ``generate`` call (``refresh``) and the function is traced again only
+    when they changed (training, LoRA, a new dtype). While ``fun`` is traced the modules hold them.
     """
 
     def __init__(self, fun: Callable, parts: list["_BlockDecode | nn.Module"]):
-        self.fun, self.parts = fun, parts
-        self.compiled = mx.compile(self.traced)
+        self.fun, self.parts, self.arrays, self.compiled = fun, parts, [], None
         self.refresh()
 
     def modules(self) -> list[nn.Module]:
@@ -313,13 +319,18 @@ class _WithWeights:
         return found
 
     def refresh(self) -> None:
-        """List the modules' current arrays (the blocks' joined layers are refreshed before, once each)."""
-        self.names, self.arrays = [], []
+        """List the modules' current arrays (the blocks' joined layers are refreshed before, once each);
+        new arrays mean a new trace."""
+        names, arrays = [], []
         for module in self.modules():
             parameters = tree_flatten(module.parameters())
-            names, arrays = zip(*parameters) if parameters else ((), ())
-            self.names.append(names)
-            self.arrays += arrays
+            names.append([name for name, _ in parameters])
+            arrays += [array for _, array in parameters]
+        if len(arrays) != len(self.arrays) or any(a is not b for a, b in zip(arrays, self.arrays)):
+            self.names, self.arrays = names, arrays
+            # a new function each time: mx.compile keeps its traces per function object, and this one's
+            # constants are the arrays listed now
+            self.compiled = mx.compile(lambda *args: self.traced(arrays, *args))
 
     def traced(self, arrays: list[mx.array], *args):
         modules, start = self.modules(), 0
@@ -334,7 +345,7 @@ class _WithWeights:
                 module.update(parameters)
 
     def __call__(self, *args):
-        return self.compiled(self.arrays, *args)
+        return self.compiled(*args)
 
 
 class _BlockDecode:
@@ -343,7 +354,7 @@ class _BlockDecode:
     def __init__(self, block: TransformerBlock):
         self.block = block
         attention, ffn = block.attention, block.ffn
-        self.joined = {}
+        self.joined, self.transposed = {}, {}
         if _JoinedLinear.joinable([attention.q_proj, attention.k_proj, attention.v_proj]):
             self.joined["qkv"] = _JoinedLinear([attention.q_proj, attention.k_proj, attention.v_proj])
         if isinstance(ffn, SwiGLU) and _JoinedLinear.joinable([ffn.gate_proj, ffn.up_proj]):
@@ -352,30 +363,37 @@ class _BlockDecode:
     def refresh(self) -> None:
         for layer in self.joined.values():
             layer.refresh()
+        attention, ffn = self.block.attention, self.block.ffn
+        self.transposed = {name: _Transposed.of(layer, self.transposed.get(name)) for name, layer in
+                           (("o", attention.o_proj), ("down", getattr(ffn, "down_proj", None)))}
+
+    # One token is one row: the stream stays (1, C) (a (1, 1, C) one costs a reshape around every matrix
+    # product), and (1, C) ↔ (1, heads, 1, D) is a reshape with no transpose.
 
     def enter(self, x: mx.array, position: mx.array) -> tuple[mx.array, ...]:
-        """x (1, 1, C) → (x, h, q, k, v): ``h`` what attention reads, q (1, H, 1, D), k and v (1, H_kv, 1, D)."""
-        h = self.block.attention_input(x)  # (1, 1, C)
+        """x (1, C) → (x, h, q, k, v): ``h`` what attention reads, q (1, H, 1, D), k and v (1, H_kv, 1, D)."""
+        h = self.block.attention_input(x)  # (1, C)
         return (x, h, *self.heads(h, position))
 
     def heads(self, h: mx.array, position: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """q, k, v heads of ``h``; with joined projections and RoPE, q and k are rotated in one call."""
         attention = self.block.attention
         if "qkv" not in self.joined:
-            return attention.project(h, position)
+            return attention.project(h[None], position)
         if attention.rope is None or attention.qk_norm:
-            return attention.heads(*self.joined["qkv"](h), position)
-        B, T, _ = h.shape
+            return attention.heads(*(p[None] for p in self.joined["qkv"](h)), position)
         n_q, n_qk = attention.n_heads, attention.n_heads + attention.n_kv_heads
-        qkv = self.joined["qkv"].layer(h).reshape(B, T, -1, attention.head_dim).transpose(0, 2, 1, 3)
-        qk = attention.rope(qkv[:, :n_qk], position)  # (1, H + H_kv, 1, D): the same rotation for both
-        return qk[:, :n_q], qk[:, n_q:], qkv[:, n_qk:]
+        qkv = self.joined["qkv"].layer(h).reshape(1, -1, 1, attention.head_dim)  # (1, H + 2 H_kv, 1, D)
+        qk, v = mx.split(qkv, [n_qk], axis=1)
+        q, k = mx.split(attention.rope(qk, position), [n_q], axis=1)  # the same rotation for q and k
+        return q, k, v
 
     def leave(self, x: mx.array, h: mx.array, out: mx.array) -> mx.array:
-        """The rest of the block once attention returned ``out`` (1, H, 1, D): the next x (1, 1, C)."""
+        """The rest of the block once attention returned ``out`` (1, H, 1, D): the next x (1, C)."""
         attention, ffn = self.block.attention, self.block.ffn
-        joined = (lambda n: ffn.down_proj(ffn.gated(*self.joined["gate_up"](n)))) if "gate_up" in self.joined else None
-        return self.block.residual(x, h, attention.output(out), joined)
+        down = self.transposed["down"]
+        joined = (lambda n: down(ffn.gated(*self.joined["gate_up"](n)))) if "gate_up" in self.joined else None
+        return self.block.residual(x, h, self.transposed["o"](out.reshape(1, -1)), joined)
 
 
 class _JoinedLinear:
@@ -391,6 +409,7 @@ class _JoinedLinear:
         self.rows = [layer["weight"].shape[0] for layer in layers]  # each layer's output features
         self.splits = list(itertools.accumulate(self.rows))[:-1]  # where the joined output is cut
         self.layer = copy.copy(layers[0])  # same kind and settings; its arrays are set by refresh
+        self.transposed = None
         self.refresh()
 
     @staticmethod
@@ -413,10 +432,36 @@ class _JoinedLinear:
                 layer[name] = self.layer[name][start : start + rows]
                 self.views.append((layer, name, layer[name]))
             start += rows
+        self.transposed = _Transposed.of(self.layer)
         mx.eval(self.layer.parameters(), [view for _, _, view in self.views])
 
     def __call__(self, x: mx.array) -> list[mx.array]:
-        return mx.split(self.layer(x), self.splits, axis=-1)
+        return mx.split(self.transposed(x), self.splits, axis=-1)
+
+
+class _Transposed:
+    """``layer(x)``, where a plain linear layer's weight is transposed once (a view, no copy) and not in
+    every decode step: in a compiled stage the view is a constant, so no transpose is left in the graph."""
+
+    def __init__(self, layer: nn.Module | None):
+        self.layer = layer
+        plain = type(layer) is nn.Linear
+        self.weight = layer["weight"] if plain else None  # the array the view was made from
+        self.weight_t = layer["weight"].T if plain else None  # (in, out)
+        if plain:
+            mx.eval(self.weight_t)
+
+    @classmethod
+    def of(cls, layer: nn.Module | None, kept: "_Transposed | None" = None) -> "_Transposed":
+        """The kept one while ``layer`` still holds the same weight, else a new one."""
+        if kept is not None and kept.layer is layer and (kept.weight is None or layer["weight"] is kept.weight):
+            return kept
+        return cls(layer)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.weight_t is None:
+            return self.layer(x)
+        return mx.addmm(self.layer["bias"], x, self.weight_t) if "bias" in self.layer else x @ self.weight_t
 
 
 def stream_text(token_ids: Iterable[int], tokenizer) -> Iterator[str]:

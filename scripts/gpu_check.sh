@@ -6,7 +6,7 @@
 #   JOBS=8 scripts/gpu_check.sh       # test workers (pytest-xdist, when installed) and notebooks run at once
 #
 # On the lent CUDA machine, ../shared/gpu/prepare's kit lacks SmolLM2 and `gguf`: stage them with
-# scripts/gpu_extras.sh first, or Chapter 7 and tests/test_gguf.py fail.
+# scripts/gpu_extras.sh first (its header has the calls), or Chapter 7 and tests/test_gguf.py fail.
 # Exit status 0 only when both parts pass. Logs go to $GPU_CHECK_LOGS (default: a temporary folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."

