@@ -153,7 +153,9 @@ def generate(
     sampler does. ``seed`` or ``key`` make sampling reproducible; without them the key is drawn from MLX's
     global random state (so ``mx.random.seed`` does too). Arguments are checked when ``generate`` is
     called, before the first token is asked for. ``compiled=False`` decodes through the plain ``KVCache``
-    path (the compiled step gives the same tokens). Built in Chapter 5.
+    path (the compiled step gives the same tokens). The compiled step keeps the model's weight arrays and
+    sees new ones (``model.update``, ``load_weights``, an optimizer step); an array changed in place
+    (``layer.weight[0] = 0``) is not seen: replace it instead. Built in Chapter 5.
     """
     if isinstance(prompt_ids, (str, bytes)):
         raise ValueError("prompt_ids must be token ids, not text: pass tokenizer.encode(text)")
