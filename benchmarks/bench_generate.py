@@ -165,7 +165,8 @@ def main() -> None:
           f"median paired (plain path {decode['mlxllm plain'] / decode['mlx-lm']:.2f}x, "
           f"{p['decode tokens/s']['mlxllm plain']:.2f}x); prefill "
           f"{best['prefill tokens/s']['mlxllm'] / best['prefill tokens/s']['mlx-lm']:.2f}x best, "
-          f"{p['prefill tokens/s']['mlxllm']:.2f}x median paired")
+          f"{p['prefill tokens/s']['mlxllm']:.2f}x median paired; greedy tokens equal to mlx-lm's "
+          f"{same['mlxllm']}/{len(tokens['mlx-lm'])}")
 
 
 if __name__ == "__main__":
