@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from mlxllm.attention import KVCache, scaled_dot_product_attention
 from mlxllm.block import SwiGLU, TransformerBlock
@@ -306,7 +306,7 @@ class _WithWeights:
     ``mx.compile(fun, inputs=modules)`` would walk the module trees on every call, and weights passed as
     arguments are checked on every call; a decode step makes one call per block per token. So the
     arrays are listed once per ``generate`` call (``refresh``) and the function is traced again only
-    when they changed (training, LoRA, a new dtype). While ``fun`` is traced the modules hold them.
+    when they changed (training, LoRA, a new dtype): the trace reads the arrays the modules hold.
     """
 
     def __init__(self, fun: Callable, parts: list["_BlockDecode | nn.Module"]):
@@ -323,28 +323,12 @@ class _WithWeights:
     def refresh(self) -> None:
         """List the modules' current arrays (the blocks' joined layers are refreshed before, once each);
         new arrays mean a new trace."""
-        names, arrays = [], []
-        for module in self.modules():
-            parameters = tree_flatten(module.parameters())
-            names.append([name for name, _ in parameters])
-            arrays += [array for _, array in parameters]
+        arrays = [array for module in self.modules() for _, array in tree_flatten(module.parameters())]
         if len(arrays) != len(self.arrays) or any(a is not b for a, b in zip(arrays, self.arrays)):
-            self.names, self.arrays = names, arrays
-            # a new function each time: mx.compile keeps its traces per function object, and this one's
-            # constants are the arrays listed now
-            self.compiled = mx.compile(lambda *args: self.traced(arrays, *args))
-
-    def traced(self, arrays: list[mx.array], *args):
-        modules, start = self.modules(), 0
-        kept = [module.parameters() for module in modules]  # all of them first: a module may hold another
-        for module, names in zip(modules, self.names):
-            module.update(tree_unflatten(list(zip(names, arrays[start : start + len(names)]))))
-            start += len(names)
-        try:
-            return self.fun(*args)
-        finally:
-            for module, parameters in zip(modules, kept):
-                module.update(parameters)
+            self.arrays = arrays
+            # a new function each time: mx.compile keeps its traces per function object, so the old
+            # trace and its constants (the old arrays) are not reused
+            self.compiled = mx.compile(lambda *args: self.fun(*args))
 
     def __call__(self, *args):
         return self.compiled(*args)
@@ -411,7 +395,6 @@ class _JoinedLinear:
         self.rows = [layer["weight"].shape[0] for layer in layers]  # each layer's output features
         self.splits = list(itertools.accumulate(self.rows))[:-1]  # where the joined output is cut
         self.layer = copy.copy(layers[0])  # same kind and settings; its arrays are set by refresh
-        self.transposed = None
         self.refresh()
 
     @staticmethod

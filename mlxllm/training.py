@@ -311,7 +311,7 @@ class Trainer:
         if self.batch_key is None:
             self.batch_key = mx.random.key(self.config.seed)
         self._step_fn = None
-        self._pending = []  # (step, grad_norm, lr) arrays not yet read to the host
+        self._pending = []  # (grad_norm, lr) arrays not yet read to the host
         self._keys = []  # (from batch_key, next batch_key, batch key, dropout seed) of the coming steps
         self._stop_signal = None
         self.best_parameters = None  # the parameters at the best evaluation (config.save == "best")

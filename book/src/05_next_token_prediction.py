@@ -611,9 +611,9 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # weights halves the matrix products, and a block's Python work becomes one call.
 # Even operations that launch no kernel cost the host time, so the stages have few of
 # them: the token travels as one (1, C) row rather than (1, 1, C) (no reshape around
-# each matrix product), each weight is transposed once per `generate` call rather than
-# in every step, and the weights are constants of the traces (traced again when
-# `generate` finds new ones, after training for instance).
+# each matrix product), each weight is transposed once (again only when it changes)
+# rather than in every step, and the weights are constants of the traces (traced again
+# when `generate` finds new ones, after training for instance).
 # Each step is queued before the
 # token before it is read, so the device never waits for Python. Measure before
 # believing it: `benchmarks/README.md` has the runs. An earlier version

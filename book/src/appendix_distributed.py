@@ -27,9 +27,9 @@
 import inspect
 import json
 import math
+import shutil
 import subprocess
 import sys
-import shutil
 import tempfile
 from pathlib import Path
 
