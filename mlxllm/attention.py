@@ -91,9 +91,11 @@ class KVCache:
                 self.keys = mx.concatenate([self.keys[..., :start, :], new_k], axis=2)
                 self.values = mx.concatenate([self.values[..., :start, :], new_v], axis=2)
         self.offset += length
-        self.keys[..., start : self.offset, :] = keys
-        self.values[..., start : self.offset, :] = values
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+        # [:, :, a:b] rather than [..., a:b, :]: the same static slices, parsed faster (a decode step makes
+        # four of these per block per token)
+        self.keys[:, :, start : self.offset] = keys
+        self.values[:, :, start : self.offset] = values
+        return self.keys[:, :, : self.offset], self.values[:, :, : self.offset]
 
     @property
     def nbytes(self) -> int:

@@ -39,6 +39,8 @@ from mlxllm.prediction import bits_per_byte, cross_entropy
 # parameters and activations in float32 or bfloat16, or bfloat16 compute over float32 master weights (mixed)
 DTYPES = ("float32", "bfloat16", "mixed-bfloat16")
 SAVE_POLICIES = ("last", "best")
+# one forward pass of the loss estimate joins whole batches (at least one) up to both sizes
+EVAL_TOKENS, EVAL_LOGITS = 1 << 17, 1 << 24  # tokens; elements of the (tokens, V) logits (64 MB in float32)
 IGNORE = -1  # a target that carries no loss (a prompt or padding position in fine-tuning rows)
 
 
@@ -251,20 +253,28 @@ def estimate_loss(model: nn.Module, ids: mx.array, config: TrainConfig, key: mx.
     """Mean loss over ``config.eval_batches`` batches drawn from ``key``, with dropout off. Chapter 6.
 
     ``ids`` is a token stream (windows of ``context``) or (N, 2, T) fine-tuning rows (masked loss, Chapter 9).
+    Batches go through the model joined, up to ``EVAL_TOKENS`` tokens and ``EVAL_LOGITS`` logits per forward
+    pass (fewer, larger launches on a GPU); each batch's mean loss is still its own, so the estimate is the same.
     """
     was_training, group = model.training, world()
     context = context or config.context or model.config.context_length
     rows = ids.ndim == 3
+    loss_fn = token_loss(rows)
+    batches = [get_rows(ids, config.batch_size, k) if rows else get_batch(ids, config.batch_size, context, k)
+               for k in mx.random.split(key, config.eval_batches)]  # [((B, T), (B, T))] * eval_batches
+    shards = [tuple(shard_rows(b, group) for b in batch) for batch in batches]  # this rank's (b, T) rows
+    tokens = shards[0][0].size  # per batch, on this rank
+    per_pass = max(1, min(EVAL_TOKENS // tokens, EVAL_LOGITS // (tokens * model.config.vocab_size)))
     model.eval()
     losses = []
-    for batch_key in mx.random.split(key, config.eval_batches):
-        batch = get_rows(ids, config.batch_size, batch_key) if rows else \
-            get_batch(ids, config.batch_size, context, batch_key)
-        inputs, targets = (shard_rows(b, group) for b in batch)
-        losses.append(all_mean(token_loss(rows)(model(inputs, check_ids=False), targets), group))
-        mx.async_eval(losses[-1])  # queued: the device works through the batches while Python builds the next
+    for first in range(0, len(shards), per_pass):
+        joined = shards[first:first + per_pass]
+        logits = model(mx.concatenate([x for x, _ in joined]), check_ids=False)  # (k * b, T, V)
+        b = joined[0][0].shape[0]
+        losses += [loss_fn(logits[i * b:(i + 1) * b], y) for i, (_, y) in enumerate(joined)]
+        mx.async_eval(losses[-len(joined):])  # queued: the device runs this pass while Python builds the next
     model.train(was_training)
-    return mx.stack(losses).mean().item()  # one host read per evaluation
+    return all_mean(mx.stack(losses).mean(), group).item()  # one host read per evaluation
 
 
 # ---------------------------------------------------------------------------------------------------------
