@@ -435,7 +435,9 @@ print(f"context {preset.context_length}, {preset.tokens_per_step} tokens per ste
 # the loss, the learning rate and the gradient norm, and every 10 steps the
 # **update:data ratio** ‖Δθ‖ / ‖θ‖ of each parameter group: Karpathy's rule of thumb is
 # that around 10⁻³ the learning rate is about right; much larger means the weights are
-# being thrown around, much smaller that they barely move.
+# being thrown around, much smaller that they barely move. An evaluation sends several
+# of its batches through the model in one pass (fewer, larger launches for a GPU) and
+# still averages each batch's own mean loss.
 
 # %% tags=["nbval-ignore-output"]
 trainer = prepare_run("tinyshakespeare", "tiny", "char")
