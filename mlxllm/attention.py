@@ -88,8 +88,8 @@ class KVCache:
             if self.keys is None:
                 self.keys, self.values = new_k, new_v
             else:  # grow by whole chunks; only happens every `step` tokens
-                self.keys = mx.concatenate([self.keys[..., :start, :], new_k], axis=2)
-                self.values = mx.concatenate([self.values[..., :start, :], new_v], axis=2)
+                self.keys = mx.concatenate([self.keys[:, :, :start], new_k], axis=2)
+                self.values = mx.concatenate([self.values[:, :, :start], new_v], axis=2)
         self.offset += length
         # [:, :, a:b] rather than [..., a:b, :]: the same static slices, parsed faster (a decode step makes
         # four of these per block per token)

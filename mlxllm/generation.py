@@ -430,10 +430,9 @@ class _Transposed:
 
     def __init__(self, layer: nn.Module | None):
         self.layer = layer
-        plain = type(layer) is nn.Linear
-        self.weight = layer["weight"] if plain else None  # the array the view was made from
-        self.weight_t = layer["weight"].T if plain else None  # (in, out)
-        if plain:
+        self.weight = layer["weight"] if type(layer) is nn.Linear else None  # the array the view is made from
+        self.weight_t = None if self.weight is None else self.weight.T  # (in, out)
+        if self.weight_t is not None:
             mx.eval(self.weight_t)
 
     @classmethod

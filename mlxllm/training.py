@@ -263,14 +263,13 @@ def estimate_loss(model: nn.Module, ids: mx.array, config: TrainConfig, key: mx.
     batches = [get_rows(ids, config.batch_size, k) if rows else get_batch(ids, config.batch_size, context, k)
                for k in mx.random.split(key, config.eval_batches)]  # [((B, T), (B, T))] * eval_batches
     shards = [tuple(shard_rows(b, group) for b in batch) for batch in batches]  # this rank's (b, T) rows
-    tokens = shards[0][0].size  # per batch, on this rank
+    b, tokens = shards[0][0].shape[0], shards[0][0].size  # rows and tokens per batch, on this rank
     per_pass = max(1, min(EVAL_TOKENS // tokens, EVAL_LOGITS // (tokens * model.config.vocab_size)))
     model.eval()
     losses = []
     for first in range(0, len(shards), per_pass):
         joined = shards[first:first + per_pass]
         logits = model(mx.concatenate([x for x, _ in joined]), check_ids=False)  # (k * b, T, V)
-        b = joined[0][0].shape[0]
         losses += [loss_fn(logits[i * b:(i + 1) * b], y) for i, (_, y) in enumerate(joined)]
         mx.async_eval(losses[-len(joined):])  # queued: the device runs this pass while Python builds the next
     model.train(was_training)
