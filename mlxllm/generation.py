@@ -18,6 +18,7 @@ from mlx.utils import tree_flatten
 
 from mlxllm.attention import KVCache, scaled_dot_product_attention
 from mlxllm.block import SwiGLU, TransformerBlock
+from mlxllm.embedding import RoPE
 from mlxllm.model import TransformerLM
 
 # Temperatures below this are greedy decoding (argmax): dividing by a tiny temperature would overflow
@@ -184,8 +185,9 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
             key: mx.array, compiled: bool = True) -> Iterator[int]:
     """The generator behind ``generate``, for arguments already checked.
 
-    The prompt fills the ``KVCache`` in one pass; then each new token is one step (``_compiled_step``, or
-    the plain model call when ``compiled`` is False), queued before the token before it is read, so the
+    The prompt fills the ``KVCache`` in one pass; then each new token is one step (``_compiled_step``, over
+    the keys and values moved into ``_JoinedCache`` buffers, or the plain model call when ``compiled`` is
+    False), queued before the token before it is read, so the
     device never waits for Python. Past the context the window slides: each new token is predicted by a
     fresh forward pass over the last context_length tokens (a re-prefill). For RoPE models a rotating KV
     cache would avoid the re-prefill, at the price of keeping keys computed from tokens that have left
@@ -224,6 +226,9 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
                 return forward(window[None], None)
             if step is None:
                 return forward(token[None], cache)
+            if not isinstance(cache[0], _JoinedCache):  # the first step: keys and values into one buffer
+                capacity = min(context_length, len(prompt) + max_new_tokens)  # the window slides after that
+                cache = [_JoinedCache(layer_cache, capacity) for layer_cache in cache]
             token, key = step(token, cache, key)
             return token
 
@@ -241,8 +246,9 @@ def _decode(model: TransformerLM, prompt: list[int], max_new_tokens: int, sample
 def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     """One decode step through compiled stages: ``step(token (1,), cache, key) → (next token (1,), key)``.
 
-    Attention over the cache changes shape every token, so it stays outside ``mx.compile`` (and on the
-    fused one-query kernel), and so does the cache write (a static slice update); the work between two
+    ``cache`` is one ``_JoinedCache`` per block. Attention over it changes shape every token, so it stays
+    outside ``mx.compile`` (and on the fused one-query kernel), and so does the cache write (one static
+    slice update of the token's keys and values together); the work between two
     attentions is one compiled function, traced once for its single shape: block i's output projection,
     residuals and feed-forward, then block i+1's norm, projections and RoPE (at a ``position`` array).
     The first stage starts at the embedding's output, the last ends with the head and the sampler. Each
@@ -250,7 +256,8 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
     ``generate`` call finds new weight arrays, so a model trained or changed later is seen as it is.
     A GPU runs these small steps as fast as the host can queue their operations, so each block has few:
     q, k, v are one matrix product, and so are SwiGLU's gate and up (``_JoinedLinear``); q and k are
-    rotated in one RoPE call; the token stays one (1, C) row; weights are transposed once (``_Transposed``).
+    rotated in one elementwise kernel that passes v through (``_Rotation``), so k and v leave it side by
+    side for one write; the token stays one (1, C) row; weights are transposed once (``_Transposed``).
     The stages are kept with the model, per module tree (LoRA, quantization); the last one per sampler.
     """
     modules = tuple(id(m) for _, m in model.named_modules())
@@ -287,13 +294,13 @@ def _compiled_step(model: TransformerLM, sampler: Sampler) -> Callable:
         head.refresh()
     stages = kept["stages"]
 
-    def step(token: mx.array, cache: list[KVCache], key: mx.array) -> tuple[mx.array, mx.array]:
+    def step(token: mx.array, cache: list["_JoinedCache"], key: mx.array) -> tuple[mx.array, mx.array]:
         offset = cache[0].offset
         position = mx.array(offset, dtype=mx.int32)  # one trace serves every position
         carried = (model.embed(token[None], offset).reshape(1, -1),)  # (1, C): one token, one row
         for stage, layer_cache in zip(stages, cache):
-            x, h, q, k, v = stage(*carried, position)
-            k, v = layer_cache.update_and_fetch(k, v)  # (1, H_kv, offset + 1, D)
+            x, h, q, kv = stage(*carried, position)
+            k, v = layer_cache.update_and_fetch(kv)  # (1, H_kv, offset + 1, D) each
             carried = (x, h, scaled_dot_product_attention(q, k, v, mask=None))  # the newest query sees every key
         return head(*carried, key)
 
@@ -345,6 +352,8 @@ class _BlockDecode:
             self.joined["qkv"] = _JoinedLinear([attention.q_proj, attention.k_proj, attention.v_proj])
         if isinstance(ffn, SwiGLU) and _JoinedLinear.joinable([ffn.gate_proj, ffn.up_proj]):
             self.joined["gate_up"] = _JoinedLinear([ffn.gate_proj, ffn.up_proj])
+        rope, n_qk = attention.rope, attention.n_heads + attention.n_kv_heads
+        self.rotation = None if rope is None else _Rotation(rope, n_qk, n_qk + attention.n_kv_heads)
 
     def refresh(self) -> None:
         for layer in self.joined.values():
@@ -357,22 +366,26 @@ class _BlockDecode:
     # product), and (1, C) ↔ (1, heads, 1, D) is a reshape with no transpose.
 
     def enter(self, x: mx.array, position: mx.array) -> tuple[mx.array, ...]:
-        """x (1, C) → (x, h, q, k, v): ``h`` what attention reads, q (1, H, 1, D), k and v (1, H_kv, 1, D)."""
+        """x (1, C) → (x, h, q, kv): ``h`` what attention reads, q (1, H, 1, D), kv (1, 2 H_kv, 1, D)."""
         h = self.block.attention_input(x)  # (1, C)
         return (x, h, *self.heads(h, position))
 
-    def heads(self, h: mx.array, position: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """q, k, v heads of ``h``; with joined projections and RoPE, q and k are rotated in one call."""
+    def heads(self, h: mx.array, position: mx.array) -> tuple[mx.array, mx.array]:
+        """q (1, H, 1, D) of ``h``, and its keys then values as one array (1, 2 H_kv, 1, D), as
+        ``_JoinedCache`` keeps them. With joined projections, q, k and v are one row of heads, rotated in
+        one call (``_Rotation``): no copy is needed to put k and v side by side."""
         attention = self.block.attention
-        if "qkv" not in self.joined:
-            return attention.project(h[None], position)
-        if attention.rope is None or attention.qk_norm:
-            return attention.heads(*(p[None] for p in self.joined["qkv"](h)), position)
-        n_q, n_qk = attention.n_heads, attention.n_heads + attention.n_kv_heads
-        qkv = self.joined["qkv"].layer(h).reshape(1, -1, 1, attention.head_dim)  # (1, H + 2 H_kv, 1, D)
-        qk, v = mx.split(qkv, [n_qk], axis=1)
-        q, k = mx.split(attention.rope(qk, position), [n_q], axis=1)  # the same rotation for q and k
-        return q, k, v
+        if "qkv" in self.joined and not attention.qk_norm:
+            qkv = self.joined["qkv"].transposed(h).reshape(1, -1, 1, attention.head_dim)  # (1, H + 2 H_kv, 1, D)
+            if self.rotation is not None:
+                qkv = self.rotation(qkv, position)
+            q, kv = mx.split(qkv, [attention.n_heads], axis=1)
+            return q, kv
+        if "qkv" in self.joined:  # QK-norm between the projections and RoPE
+            q, k, v = attention.heads(*(p[None] for p in self.joined["qkv"](h)), position)
+        else:
+            q, k, v = attention.project(h[None], position)
+        return q, mx.concatenate([k, v], axis=1)
 
     def leave(self, x: mx.array, h: mx.array, out: mx.array) -> mx.array:
         """The rest of the block once attention returned ``out`` (1, H, 1, D): the next x (1, C)."""
@@ -380,6 +393,70 @@ class _BlockDecode:
         down = self.transposed["down"]
         joined = (lambda n: down(ffn.gated(*self.joined["gate_up"](n)))) if "gate_up" in self.joined else None
         return self.block.residual(x, h, self.transposed["o"](out.reshape(1, -1)), joined)
+
+
+class _Rotation:
+    """RoPE of one token's q, k and v heads (1, H + 2 H_kv, 1, D) as one elementwise operation: the first
+    ``n_rotated`` heads (q and k) turn by ``position`` × base^(-2i/D) as ``mx.fast.rope`` turns them, the
+    rest (v) by angle 0. ``mx.compile`` makes it one kernel, and k and v leave it side by side, ready for
+    one cache write. Built in Chapter 5.
+    """
+
+    def __init__(self, rope: RoPE, n_rotated: int, n_heads: int):
+        self.half, self.traditional, self.n_heads = rope.head_dim // 2, rope.traditional, n_heads
+        half, base = self.half, rope.base
+        # base^(-2i/D) rounded to float32 as mx.fast.rope rounds it on each device (up to 16 ulps apart; an
+        # angle, position × frequency, carries that error): the CPU's exp(-i · ln(base) / (D/2)) in float32
+        # operations, the GPU kernels' exp2(-(i / (D/2)) · log2(base)), its float32 argument raised exactly
+        on_cpu = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32, stream=mx.cpu)
+                        * mx.array(math.log(base) / half, mx.float32), stream=mx.cpu)
+        exponent = -(mx.arange(half, dtype=mx.float32, stream=mx.cpu) / half) * mx.array(math.log2(base), mx.float32)
+        on_gpu = mx.array([2.0 ** e for e in exponent.tolist()], mx.float32)
+        rotated = (mx.arange(n_heads) < n_rotated)[:, None]  # (heads, 1): the q and k heads
+        self.frequencies = {}
+        for device, frequency in ((mx.DeviceType.cpu, on_cpu), (mx.DeviceType.gpu, on_gpu)):
+            angles = mx.where(rotated, frequency, 0.0)  # (heads, D/2); v heads stay still
+            self.frequencies[device] = angles[:, :, None] if self.traditional else angles[:, None, :]
+        mx.eval(self.frequencies)
+
+    def __call__(self, x: mx.array, position: mx.array) -> mx.array:
+        half = self.half  # x (1, heads, 1, D)
+        # each feature's partner in its pair (x1 for x0, x0 for x1): out = x cos θ + sign · partner sin θ
+        if self.traditional:  # pairs (x0, x1), (x2, x3)…
+            pairs, sign = x.reshape(self.n_heads, half, 2), mx.array([-1.0, 1.0])
+            partner = pairs[..., ::-1]  # a view with a negative stride: no copy
+        else:  # x[i] with x[i + D/2]
+            pairs, sign = x.reshape(self.n_heads, 2, half), mx.array([[-1.0], [1.0]])
+            partner = pairs[:, ::-1]
+        theta = position.astype(mx.float32) * self.frequencies[mx.default_device().type]
+        out = pairs * mx.cos(theta) + partner * (sign * mx.sin(theta))  # computed in float32
+        return out.astype(x.dtype).reshape(x.shape)
+
+
+class _JoinedCache:
+    """One layer's keys and values in one buffer for the compiled step: (1, 2 H_kv, capacity, D), keys in the
+    first H_kv heads and values after them. A step writes both with one copy and attention reads two views.
+
+    Filled from the prefill's ``KVCache`` (one copy), with room for the whole generation, so it never grows.
+    CUDA keeps attention over it on the one-query kernel (its cuDNN path, which a plain ``KVCache`` of 256
+    or more positions takes in bfloat16, costs the host several times more per call).
+    """
+
+    def __init__(self, cache: KVCache, capacity: int):
+        keys, values, filled = cache.keys, cache.values, cache.offset
+        self.n_kv_heads, self.offset, self.capacity = keys.shape[1], filled, capacity
+        joined = mx.concatenate([keys[:, :, :filled], values[:, :, :filled]], axis=1)  # (1, 2 H_kv, filled, D)
+        self.kv = mx.pad(joined, [(0, 0), (0, 0), (0, capacity - filled), (0, 0)])
+
+    def update_and_fetch(self, kv: mx.array) -> tuple[mx.array, mx.array]:
+        """Append one position's kv (1, 2 H_kv, 1, D); return keys and values so far, (1, H_kv, offset, D) each."""
+        start = self.offset
+        if start >= self.capacity:
+            raise ValueError(f"the decode cache holds {self.capacity} positions and all are filled; make a new "
+                             "one with a larger capacity")
+        self.offset += 1
+        self.kv[:, :, start : self.offset] = kv
+        return self.kv[:, : self.n_kv_heads, : self.offset], self.kv[:, self.n_kv_heads :, : self.offset]
 
 
 class _JoinedLinear:

@@ -333,19 +333,23 @@ def test_compiled_decode_gives_the_plain_paths_greedy_tokens_across_chunk_bounda
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_compiled_decode_step_logits_equal_full_recompute_across_a_chunk_boundary(kind):
-    from mlxllm.generation import _compiled_step
+def test_compiled_decode_step_logits_equal_full_recompute_past_the_first_chunk(kind):
+    from mlxllm.generation import _compiled_step, _JoinedCache
 
     model = randomize(make_model(kind), seed=3)
     ids = mx.random.randint(0, 97, (1, 270), key=mx.random.key(4))
     cache = model.make_cache()
     model(ids[:, :250], cache=cache)  # prefill through the plain path, as generate does
+    cache = [_JoinedCache(layer_cache, 270) for layer_cache in cache]  # keys and values in one buffer
     step, key, logits = _compiled_step(model, lambda logits, key: logits), mx.random.key(0), []
-    for t in range(250, 270):  # position 256 fills the first chunk: the storage grows
+    for t in range(250, 270):  # past position 256, where the prefill's KVCache chunk ends
         out, key = step(ids[:, t], cache, key)  # a "sampler" that hands back the logits themselves
         logits.append(out)
-    assert cache[0].offset == 270 and cache[0].keys.shape[2] == 512
+    assert cache[0].offset == 270 and cache[0].kv.shape == (1, 2 * model.config.n_kv_heads, 270,
+                                                             model.config.head_dim)
     assert_close(mx.stack(logits, axis=1), model(ids)[:, 250:], what="compiled decode step vs full recompute")
+    with pytest.raises(ValueError, match="270 positions and all are filled"):
+        step(ids[:, 0], cache, key)
 
 
 @pytest.mark.parametrize("overrides", [dict(parallel_block=True), dict(pre_norm=False), dict(qk_norm=True),
@@ -400,6 +404,27 @@ def test_compiled_decode_sees_one_replaced_layer(part):
     compiled, plain = generate_both(model, [1, 2, 3], 20, temperature=0)
     assert plain != before  # the new weights change the answer ...
     assert compiled == plain if not ON_GPU else compiled != before  # ... and the compiled step sees them
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_the_decode_rotation_turns_q_and_k_as_fast_rope_does_and_leaves_v(traditional, dtype):
+    from mlxllm.embedding import RoPE
+    from mlxllm.generation import _Rotation
+    from mlxllm.tolerances import FLOAT32
+
+    rope, n_q, n_kv = RoPE(64, 100000.0, traditional), 6, 2  # GQA: 6 query heads, 2 key/value heads
+    rotation = mx.compile(_Rotation(rope, n_q + n_kv, n_q + 2 * n_kv))
+    x = mx.random.normal((1, n_q + 2 * n_kv, 1, 64), key=mx.random.key(2)).astype(dtype)
+    for position in (0, 1, 255, 8191):
+        at = mx.array(position, dtype=mx.int32)
+        got, expected = rotation(x, at), rope(x[:, : n_q + n_kv], at)
+        assert got.dtype == dtype and mx.array_equal(got[:, n_q + n_kv :], x[:, n_q + n_kv :])  # v untouched
+        if dtype == mx.float32 and not ON_GPU:  # the same frequencies and float32 steps as MLX's CPU rope
+            assert mx.array_equal(got[:, : n_q + n_kv], expected), position
+        else:  # a GPU's exp2 and fused multiply-adds may round differently; CPU bfloat16 rounds cos, sin first
+            rtol = FLOAT32 if dtype == mx.float32 else bound(dtype)
+            assert_close(got[:, : n_q + n_kv], expected, dtype=dtype, rtol=rtol, what=f"rotation at {position}")
 
 
 @pytest.mark.parametrize("quantized", [False, True])
