@@ -597,23 +597,28 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # `mlxllm/generation.py`; here are those pieces at work on §5.6's two runs.
 #
 # After the prompt, `generate` decodes one token per step, and most of each step is
-# *compiled*. Attention over the cache changes shape with every token (one more key),
-# so it stays outside `mx.compile`, on MLX's fused one-query kernel, and so does the
-# cache write. The work between two attentions is one compiled *stage*, traced once for
-# its single shape: block i's output projection, residuals and feed-forward, then block
-# i+1's norm, q/k/v projections and RoPE (the position goes in as an array, so one
-# trace serves every position). The first stage starts at the embedding, the last ends
-# with the final norm, the head and the sampler. The q, k and v projections run as one
-# matrix product (their weights stacked by rows), q and k are rotated in one RoPE call,
-# and SwiGLU's gate and up are one product too. For a model this small much of a
-# token's time is overhead (Python building the graph, the runtime launching one kernel
-# per small operation): compiling fuses the elementwise operations, stacking the
-# weights halves the matrix products, and a block's Python work becomes one call.
-# Even operations that launch no kernel cost the host time, so the stages have few of
-# them: the token travels as one (1, C) row rather than (1, 1, C) (no reshape around
-# each matrix product), each weight is transposed once (again only when it changes)
-# rather than in every step, and the weights are constants of the traces (traced again
-# when `generate` finds new ones, after training for instance).
+# *compiled*. Attention over the cache changes shape with every token (one more key), so
+# it stays outside `mx.compile`, on MLX's fused one-query kernel, and so does the cache
+# write: one slice update per block, since the step keeps each layer's keys and values
+# in one buffer (keys in the first heads, values after them), filled once from the
+# prefill's `KVCache`. The work between two attentions is one compiled *stage*, traced
+# once for its single shape: block i's output projection, residuals and feed-forward,
+# then block i+1's norm, q/k/v projections and RoPE (the position goes in as an array,
+# so one trace serves every position). The first stage starts at the embedding, the last
+# ends with the final norm, the head and the sampler. The q, k and v projections run as
+# one matrix product (their weights stacked by rows), and SwiGLU's gate and up are one
+# product too. RoPE is written out as elementwise math over the whole q/k/v row,
+# `x·cos θ + sign·partner·sin θ`, with angle 0 for the v heads: compiled, that is one
+# kernel, and k and v come out side by side, ready for the one cache write (the tests
+# check it against `mx.fast.rope`: bit for bit on the CPU). For a model this small much
+# of a token's time is overhead (Python building the graph, the runtime launching one
+# kernel per small operation): compiling fuses the elementwise operations, stacking the
+# weights halves the matrix products, and a block's Python work becomes one call. Even
+# operations that launch no kernel cost the host time, so the stages have few of them:
+# the token travels as one (1, C) row rather than (1, 1, C) (no reshape around each
+# matrix product), each weight is transposed once (again only when it changes) rather
+# than in every step, and the weights are constants of the traces (traced again when
+# `generate` finds new ones, after training for instance).
 # Each step is queued before the
 # token before it is read, so the device never waits for Python. Measure before
 # believing it: `benchmarks/README.md` has the runs. An earlier version
