@@ -498,7 +498,12 @@ class _JoinedLinear:
         mx.eval(self.layer.parameters(), [view for _, _, view in self.views])
 
     def __call__(self, x: mx.array) -> list[mx.array]:
-        return mx.split(self.transposed(x), self.splits, axis=-1)
+        y = self.transposed(x)  # (..., sum of the layers' rows)
+        if y.shape[:-1] == (1,) and len(set(self.rows)) == 1:  # one token, equal parts (SwiGLU's gate and up):
+            # cut (parts, n) by rows, so each is a plain (1, n) row. A column slice keeps the whole row's
+            # stride, which an elementwise kernel passes on to its output and a matrix product then copies away
+            return mx.split(y.reshape(len(self.rows), -1), len(self.rows))
+        return mx.split(y, self.splits, axis=-1)
 
 
 class _Transposed:
