@@ -607,18 +607,20 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # so one trace serves every position). The first stage starts at the embedding, the last
 # ends with the final norm, the head and the sampler. The q, k and v projections run as
 # one matrix product (their weights stacked by rows), and SwiGLU's gate and up are one
-# product too. RoPE is written out as elementwise math over the whole q/k/v row,
-# `x·cos θ + sign·partner·sin θ`, with angle 0 for the v heads: compiled, that is one
-# kernel, and k and v come out side by side, ready for the one cache write (the tests
-# check it against `mx.fast.rope`: bit for bit on the CPU). For a model this small much
-# of a token's time is overhead (Python building the graph, the runtime launching one
-# kernel per small operation): compiling fuses the elementwise operations, stacking the
-# weights halves the matrix products, and a block's Python work becomes one call. Even
-# operations that launch no kernel cost the host time, so the stages have few of them:
-# the token travels as one (1, C) row rather than (1, 1, C) (no reshape around each
-# matrix product), each weight is transposed once (again only when it changes) rather
-# than in every step, and the weights are constants of the traces (traced again when
-# `generate` finds new ones, after training for instance).
+# product too, its output cut by rows (a column slice keeps the whole row's stride, and
+# the next matrix product would first copy it). RoPE is written out as elementwise math
+# over the whole q/k/v row, `x·cos θ + sign·partner·sin θ`, with angle 0 for the v
+# heads: compiled, that is one kernel, and k and v come out side by side, ready for the
+# one cache write (the tests check it against `mx.fast.rope`: bit for bit on the CPU, on
+# a GPU within the float32 rounding of the angle, which grows with the position). For a
+# model this small much of a token's time is overhead (Python building the graph, the
+# runtime launching one kernel per small operation): compiling fuses the elementwise
+# operations, stacking the weights halves the matrix products, and a block's Python work
+# becomes one call. Even operations that launch no kernel cost the host time, so the
+# stages have few of them: the token travels as one (1, C) row rather than (1, 1, C) (no
+# reshape around each matrix product), each weight is transposed once (again only when
+# it changes) rather than in every step, and the weights are constants of the traces
+# (traced again when `generate` finds new ones, after training for instance).
 # Each step is queued before the
 # token before it is read, so the device never waits for Python. Measure before
 # believing it: `benchmarks/README.md` has the runs. An earlier version

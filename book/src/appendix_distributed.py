@@ -416,7 +416,7 @@ Trainer.create(PRESETS["tiny"].model_config(65, 16), config, ids[:3000], ids[300
 work = Path(tempfile.mkdtemp())
 (work / "mismatch.py").write_text(MISMATCH)
 command = [sys.executable, str(work / "mismatch.py")]
-# at most 10 minutes: a CUDA machine's first run builds each fused kernel (~5 s) before its first step
+# at most 10 minutes: on a CUDA machine, a first run builds each fused kernel (~5 s)
 mismatch = distributed.launch_local(command, n=2, timeout=600)
 messages = sorted({line for line in mismatch.stderr.splitlines()
                    if "RanksDisagree:" in line})
@@ -461,7 +461,7 @@ if is_main(trainer.group):
 (work / "time_steps.py").write_text(SCRIPT)
 command = [sys.executable, str(work / "time_steps.py")]
 one = subprocess.run([*command, str(work / "one.safetensors")], capture_output=True,
-                     text=True, timeout=600)  # minutes only while a fresh GPU builds kernels
+                     text=True, timeout=600)  # as long only on a fresh GPU
 two = distributed.launch_local([*command, str(work / "two.safetensors")], n=2,
                                timeout=600)
 assert one.returncode == 0 and two.returncodes == [0, 0], one.stderr + two.stderr
