@@ -444,15 +444,15 @@ class _JoinedCache:
 
     def __init__(self, cache: KVCache, capacity: int):
         keys, values, filled = cache.keys, cache.values, cache.offset
-        self.n_kv_heads, self.offset, self.capacity = keys.shape[1], filled, capacity
+        self.n_kv_heads, self.offset = keys.shape[1], filled
         joined = mx.concatenate([keys[:, :, :filled], values[:, :, :filled]], axis=1)  # (1, 2 H_kv, filled, D)
         self.kv = mx.pad(joined, [(0, 0), (0, 0), (0, capacity - filled), (0, 0)])
 
     def update_and_fetch(self, kv: mx.array) -> tuple[mx.array, mx.array]:
         """Append one position's kv (1, 2 H_kv, 1, D); return keys and values so far, (1, H_kv, offset, D) each."""
-        start = self.offset
-        if start >= self.capacity:
-            raise ValueError(f"the decode cache holds {self.capacity} positions and all are filled; make a new "
+        start, capacity = self.offset, self.kv.shape[2]
+        if start >= capacity:
+            raise ValueError(f"the decode cache holds {capacity} positions and all are filled; make a new "
                              "one with a larger capacity")
         self.offset += 1
         self.kv[:, :, start : self.offset] = kv
