@@ -26,6 +26,11 @@ from pathlib import Path
 import mlx.core as mx
 
 
+def kernel_name(ptx: Path, cache: Path) -> str:
+    """A cached kernel's name: MLX cuts a name longer than 245 characters into folders under the cache."""
+    return "".join(ptx.relative_to(cache).with_suffix("").parts)
+
+
 def run_recipe(args: argparse.Namespace, cache: Path, out: Path) -> dict:
     """Time one ``mlxllm train`` command with ``cache`` as MLX's kernel cache; its results from ``out``."""
     command = [sys.executable, "-m", "mlxllm.cli", "train", "--corpus", args.corpus, "--preset", args.preset,
@@ -34,15 +39,20 @@ def run_recipe(args: argparse.Namespace, cache: Path, out: Path) -> dict:
         if getattr(args, flag) is not None:
             command += [f"--{flag}", str(getattr(args, flag))]
     env = {**os.environ, "MLX_PTX_CACHE_DIR": str(cache)}
-    before = len(list(cache.glob("*.ptx")))
-    start = time.perf_counter()
+    if args.no_background_build:
+        env["MLXLLM_BUILD_IN_BACKGROUND"] = "0"
+    before = set(cache.rglob("*.ptx"))
+    started, start = time.time(), time.perf_counter()
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if finished.returncode != 0:
         sys.exit(f"`{' '.join(command)}` failed:\n{finished.stderr[-2000:]}")
     metrics = json.loads(next(out.glob("step-*/metrics.json")).read_text())  # the one kept checkpoint
     evaluations = metrics["eval"]
-    return {"wall": wall, "kernels": len(list(cache.glob("*.ptx"))) - before, "best": metrics["best"],
+    built = sorted(set(cache.rglob("*.ptx")) - before, key=lambda f: f.stat().st_mtime)
+    done = [started] + [f.stat().st_mtime for f in built]  # each kernel's build ends when its file is written
+    kernels = [(b - a, kernel_name(f, cache)) for a, b, f in zip(done, done[1:], built)]  # (seconds since the previous, name)
+    return {"wall": wall, "kernels": kernels, "best": metrics["best"],
             "final": (evaluations["step"][-1], evaluations["val_loss"][-1]), "summary": finished.stdout.strip()}
 
 
@@ -54,6 +64,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="passed to `mlxllm train --steps`")
     parser.add_argument("--runs", choices=("first", "both"), default="both",
                         help="first: only the run with an empty kernel cache; both: then a warm run")
+    parser.add_argument("--cache", default=None,
+                        help="the kernel cache folder to use and keep (default: a new temporary one)")
+    parser.add_argument("--no-background-build", action="store_true",
+                        help="MLXLLM_BUILD_IN_BACKGROUND=0: the first step waits for its kernels, built in-process")
+    parser.add_argument("--out", default=None, help="keep each run's checkpoint as DIR/run0, DIR/run1 "
+                        "(default: temporary)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="list the kernels each run built: seconds since the previous one ended, and the name")
     parser.add_argument("--sample", type=int, default=0, help="generate this many tokens from the kept model")
     args = parser.parse_args()
 
@@ -61,19 +79,22 @@ def main() -> None:
           f"{args.preset}`" + (f" --dtype {args.dtype}" if args.dtype else "") +
           (f" --steps {args.steps}" if args.steps else ""))
     with tempfile.TemporaryDirectory() as scratch:
-        cache = Path(scratch) / "kernels"
-        cache.mkdir()
+        cache = Path(args.cache or Path(scratch) / "kernels")
+        cache.mkdir(parents=True, exist_ok=True)
         rows = []
         for name in ("first run (empty kernel cache)", "warm (kernels cached)")[: 1 if args.runs == "first" else 2]:
-            out = Path(scratch) / f"run{len(rows)}"
+            out = Path(args.out or scratch) / f"run{len(rows)}"
             result = run_recipe(args, cache, out)
             rows.append((name, result))
             print(result["summary"].splitlines()[-1], flush=True)
+            if args.kernels:
+                for seconds, kernel in result["kernels"]:
+                    print(f"  {seconds:6.1f} s  {kernel[:150]}")
         print("\n| run | wall s | kernels built | best val (step) | final val (step) |")
         print("| --- | ---: | ---: | ---: | ---: |")
         for name, r in rows:
             best, (step, val) = r["best"], r["final"]
-            print(f"| {name} | {r['wall']:.0f} | {r['kernels']} | {best['val_loss']:.4f} ({best['step']}) "
+            print(f"| {name} | {r['wall']:.0f} | {len(r['kernels'])} | {best['val_loss']:.4f} ({best['step']}) "
                   f"| {val:.4f} ({step}) |")
         if args.sample:
             sample = subprocess.run([sys.executable, "-m", "mlxllm.cli", "generate", str(out), "--max-new-tokens",

@@ -26,6 +26,7 @@ from pathlib import Path
 from mlxllm import data
 from mlxllm.checkpoint import is_checkpoint, load_checkpoint_tokenizer, run_lock
 from mlxllm.distributed import RanksDisagree, is_main, world
+from mlxllm.kernels import StepBuilder
 from mlxllm.presets import PRESETS, prepare_run, resume_run
 from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import TrainConfig, TrainingDiverged, TrainingInterrupted
@@ -89,10 +90,17 @@ def train(args: argparse.Namespace) -> None:
             say(f"{preset}: {trainer.model.num_parameters():,} parameters, vocabulary "
                 f"{trainer.model.config.vocab_size}, {len(trainer.train_ids):,} training / "
                 f"{len(trainer.val_ids):,} validation tokens")
+        trainer.kernel_builder = StepBuilder.start(trainer)  # a CUDA GPU's first run of this step: None elsewhere
+        if trainer.kernel_builder is not None:
+            say("building the compiled step's CUDA kernels in the background (once per machine); until they are "
+                "ready, the same steps run uncompiled")
         try:
             losses = trainer.run(out=out, progress=not args.quiet)
         except TrainingInterrupted as stop:
             raise TrainingInterrupted(f"{stop}; continue with `mlxllm train --out {out} --resume`") from None
+        finally:
+            if trainer.kernel_builder is not None:
+                trainer.kernel_builder.close()
     best = trainer.metrics["best"]
     bits = trainer.val_bits_per_byte(losses["val_loss"])
     say(f"step {trainer.step}: val loss {losses['val_loss']:.4f} nats/token"

@@ -204,7 +204,7 @@ def sum_of_squares(arrays: list[mx.array]) -> mx.array:
     return mx.stack([mx.square(a.astype(mx.float32)).sum() for a in arrays])
 
 
-def make_update_ratios(model: nn.Module) -> tuple[Callable, Callable]:
+def make_update_ratios(model: nn.Module, compile: bool = True) -> tuple[Callable, Callable]:
     """``(sums, ratios)`` for the update:data ratio ‖Δθ‖ / ‖θ‖ per ``parameter_groups`` entry (Karpathy:
     around 1e-3 is healthy). Chapter 6.
 
@@ -216,7 +216,6 @@ def make_update_ratios(model: nn.Module) -> tuple[Callable, Callable]:
     names = parameter_groups(model)  # (G,)
     member = np.array([[group == name for group in groups] for name in names], dtype=np.float64)  # (G, P)
 
-    @mx.compile
     def sums(before: dict, after: dict) -> mx.array:
         old = [p.astype(mx.float32) for _, p in tree_flatten(before)]
         new = [p.astype(mx.float32) for _, p in tree_flatten(after)]
@@ -226,7 +225,7 @@ def make_update_ratios(model: nn.Module) -> tuple[Callable, Callable]:
         update_sq, data_sq = np.array(sums, dtype=np.float64) @ member.T  # (2, P) @ (P, G) → two (G,)
         return dict(zip(names, np.sqrt(update_sq / (data_sq + 1e-12)).tolist()))
 
-    return sums, ratios
+    return (mx.compile(sums) if compile else sums), ratios
 
 
 def mixed_precision(model: nn.Module, config: TrainConfig, masked: bool = False) -> Callable:
@@ -319,7 +318,8 @@ class Trainer:
         self._val = mx.array(np.asarray(self.val_ids, dtype=np.int32))
         if self.batch_key is None:
             self.batch_key = mx.random.key(self.config.seed)
-        self._step_fn = None
+        self._step_fn = None  # (compiled?, step, update sums, update ratios), made at the first step
+        self.kernel_builder = None  # a mlxllm.kernels.StepBuilder still building the compiled step's kernels
         self._pending = []  # (grad_norm, lr) arrays not yet read to the host
         self._keys = []  # (from batch_key, next batch_key, batch key, dropout seed) of the coming steps
         self._stop_signal = None
@@ -481,14 +481,18 @@ class Trainer:
 
         From here on the model and optimizer hold that step's (lazy) state; ``_finish`` reads its loss.
         """
-        if self._step_fn is None:  # traced lazily: after a resume, against the restored state
-            self._step_fn = make_train_step(self.model, self.optimizer, self.config, masked=self.rows)
-            self._update_sums, self._update_ratios = make_update_ratios(self.model)
+        if self.kernel_builder is not None and self.kernel_builder.done():
+            self.kernel_builder = None
+        compiled = self.kernel_builder is None  # else the same step, uncompiled, while its kernels are built
+        if self._step_fn is None or self._step_fn[0] != compiled:  # made lazily: after a resume, for the restored state
+            self._step_fn = (compiled, make_train_step(self.model, self.optimizer, self.config, compiled, self.rows),
+                             *make_update_ratios(self.model, compiled))
+        _, step_fn, update_sums, self._update_ratios = self._step_fn
         # every few steps the update:data ratios, from the parameters before (kept) and after the step
         before = self.model.trainable_parameters() if step % self.DIAGNOSTICS_EVERY == 0 else None
         inputs, targets = self.next_batch()
-        loss, grad_norm, lr = self._step_fn(inputs, targets)
-        ratios = [] if before is None else [self._update_sums(before, self.model.trainable_parameters())]
+        loss, grad_norm, lr = step_fn(inputs, targets)
+        ratios = [] if before is None else [update_sums(before, self.model.trainable_parameters())]
         # the one evaluation per step: the outputs and every piece of state the next step reads
         mx.async_eval(loss, grad_norm, lr, ratios, self.model.state, self.optimizer.state, self.batch_key)
         return step, loss, grad_norm, lr, ratios

@@ -1,0 +1,148 @@
+"""A CUDA GPU's compiled kernels: where MLX keeps them, and building the training step's in the background.
+
+MLX's CUDA backend compiles each fused kernel of an ``mx.compile``d function with NVRTC the first time it runs
+(seconds each) and keeps it on disk, in ``MLX_PTX_CACHE_DIR`` (default ``$TMPDIR/mlx/<version>/ptx``). The
+training step fuses into about 30 kernels, so on a machine that has never run it the first step would wait
+minutes. ``StepBuilder`` runs the compiled step once in another process, with a cache folder of its own, while
+the trainer takes the same steps uncompiled; when the builder is done, its kernels move into MLX's cache (each
+file whole, by rename) and the trainer switches to the compiled step, which loads them. A marker in the cache
+records the build, so later runs of the same step on this machine are compiled from their first step. Metal and
+the CPU build their kernels in milliseconds, so this is for CUDA only. Built in Chapter 6, Training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from mlxllm.training import Trainer, TrainConfig
+from mlxllm.model import ModelConfig, TransformerLM
+from mlx.utils import tree_flatten
+
+
+def on_cuda() -> bool:
+    """Whether arrays go to a GPU through MLX's CUDA backend (not Metal, not the CPU)."""
+    return mx.default_device() == mx.gpu and mx.cuda.is_available()
+
+
+def kernel_cache() -> Path:
+    """The folder MLX's CUDA backend keeps its compiled kernels in (``MLX_PTX_CACHE_DIR`` or its default)."""
+    folder = os.environ.get("MLX_PTX_CACHE_DIR")
+    return Path(folder) if folder else Path(tempfile.gettempdir()) / "mlx" / mx.__version__ / "ptx"
+
+
+def publish(built: Path, cache: Path) -> int:
+    """Move the kernels built in ``built`` into ``cache``; returns how many.
+
+    MLX looks a kernel up by its ``.ptx`` file and then reads its ``.txt`` (the kernels' mangled names), so
+    each file arrives whole by rename, and the ``.ptx`` last. A name longer than 245 characters is a path of
+    folders (MLX cuts it so), kept as it is.
+    """
+    count = 0
+    for ptx in sorted(built.rglob("*.ptx")):
+        target = cache / ptx.relative_to(built)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".txt", ".cu", ".ptx"):
+            if ptx.with_suffix(suffix).exists():
+                os.replace(ptx.with_suffix(suffix), target.with_suffix(suffix))
+        count += 1
+    return count
+
+
+def step_signature(trainer: Trainer) -> dict:
+    """What the compiled training step's kernels depend on: MLX, the model and training configs, the batch's
+    shape, the dtypes, and this package's code."""
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+    c = trainer.config
+    return {"mlx": mx.__version__, "model": trainer.model.config.to_dict(), "train": c.to_dict(),
+            "batch": [c.grad_accumulation, c.batch_size, trainer.context],
+            "parameters": sorted({str(p.dtype) for _, p in tree_flatten(trainer.model.parameters())}), "code": code}
+
+
+class StepBuilder:
+    """Builds the compiled training step's kernels in a separate process; ``done()`` once they are in MLX's cache.
+
+    Made by ``StepBuilder.start(trainer)``, which returns None where there is nothing to build: not CUDA, a
+    marker says this step was built here before, a trainer the builder cannot copy (fine-tuning rows, LoRA
+    adapters, data-parallel ranks), or ``MLXLLM_BUILD_IN_BACKGROUND=0`` in the environment (every step
+    compiled, the first one waiting for its kernels).
+    """
+
+    def __init__(self, trainer: Trainer, cache: Path, marker: Path):
+        self.cache, self.marker = cache, marker
+        cache.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".mlxllm-build-", dir=cache))  # same disk: renames are atomic
+        spec = {"model": trainer.model.config.to_dict(), "train": trainer.config.to_dict(),
+                "tokens": 4 * trainer.context + 1}
+        (self.folder / "spec.json").write_text(json.dumps(spec))
+        self.log = open(self.folder / "log.txt", "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "mlxllm.kernels", str(self.folder / "spec.json")],
+                                        env={**os.environ, "MLX_PTX_CACHE_DIR": str(self.folder / "kernels")},
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.kernels = None  # how many it published, once done
+
+    @classmethod
+    def start(cls, trainer: Trainer, force: bool = False) -> StepBuilder | None:
+        """A builder for ``trainer``'s step, or None (see the class). ``force``: off CUDA too (for tests)."""
+        trainable = {name for name, _ in tree_flatten(trainer.model.trainable_parameters())}
+        if (not (force or on_cuda()) or os.environ.get("MLXLLM_BUILD_IN_BACKGROUND") == "0" or trainer.rows or trainer.group.size() > 1
+                or type(trainer.model) is not TransformerLM
+                or trainable != {name for name, _ in tree_flatten(trainer.model.parameters())}):
+            return None
+        cache = kernel_cache()
+        signature = json.dumps(step_signature(trainer), sort_keys=True).encode()
+        marker = cache / f"mlxllm-step-{hashlib.sha256(signature).hexdigest()[:16]}.built"
+        return None if marker.exists() else cls(trainer, cache, marker)
+
+    def done(self) -> bool:
+        """True once the builder has finished and its kernels are in MLX's cache (or it failed: then the
+        compiled step builds them itself, as without a builder)."""
+        if self.kernels is not None:
+            return True
+        code = self.process.poll()
+        if code is None:
+            return False
+        self.log.close()
+        if code == 0:
+            self.kernels = publish(self.folder / "kernels", self.cache)
+            self.marker.write_text(f"{self.kernels} kernels\n")
+        else:
+            self.kernels = 0
+            warnings.warn(f"building the training step's kernels failed (exit code {code}); the compiled step "
+                          f"builds them itself. The builder's log:\n{(self.folder / 'log.txt').read_text()[-2000:]}")
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return True
+
+    def close(self) -> None:
+        """Stop the builder if it is still running (training ended first) and remove its folder."""
+        if self.kernels is None:
+            self.process.kill()
+            self.process.wait()
+            self.log.close()
+            self.kernels = 0
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def build_step(spec: dict) -> None:
+    """Run one compiled training step (and its update:data ratios) of the trainer ``spec`` describes, on
+    random ids: what a builder process does."""
+    model_config, config = ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["train"])
+    ids = np.random.default_rng(0).integers(0, model_config.vocab_size, spec["tokens"], dtype=np.int32)
+    trainer = Trainer.create(model_config, config, ids, ids)
+    trainer._finish(trainer._launch(Trainer.DIAGNOSTICS_EVERY))  # a step that measures the ratios too
+    mx.eval(trainer.model.state, trainer.optimizer.state)
+
+
+if __name__ == "__main__":
+    build_step(json.loads(Path(sys.argv[1]).read_text()))
