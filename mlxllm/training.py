@@ -188,14 +188,20 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
             loss, grads = loss / inputs.shape[0], tree_map(lambda g: g / inputs.shape[0], grads)
         # data parallel (Appendix): one all-reduce makes every rank's gradient the global batch's mean
         loss, grads = all_mean(loss, group), nn.average_gradients(grads, group)
-        grad_norm = mx.sqrt(sum_of_squares([g for _, g in tree_flatten(grads)]).sum())
-        if config.grad_clip > 0:  # rescale all gradients together when their global norm is too large
-            scale = mx.minimum(1.0, config.grad_clip / (grad_norm + 1e-6))
-            grads = tree_map(lambda g: g * scale.astype(g.dtype), grads)
-        optimizer.update(model, grads)
-        return loss, grad_norm, optimizer.learning_rate
+        return (loss, *apply_gradients(model, optimizer, config, grads))
 
     return mx.compile(step, inputs=state, outputs=state) if compile else step
+
+
+def apply_gradients(model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig,
+                    grads: dict) -> tuple[mx.array, mx.array]:
+    """The end of a training step: clip ``grads`` by their global norm, update → (gradient norm, learning rate)."""
+    grad_norm = mx.sqrt(sum_of_squares([g for _, g in tree_flatten(grads)]).sum())
+    if config.grad_clip > 0:  # rescale all gradients together when their global norm is too large
+        scale = mx.minimum(1.0, config.grad_clip / (grad_norm + 1e-6))
+        grads = tree_map(lambda g: g * scale.astype(g.dtype), grads)
+    optimizer.update(model, grads)
+    return grad_norm, optimizer.learning_rate
 
 
 def sum_of_squares(arrays: list[mx.array]) -> mx.array:
