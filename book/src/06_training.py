@@ -374,13 +374,15 @@ assert abs(kept - 0.75) < 0.02
 # calls replay it with fused kernels and no Python overhead. The model, the optimizer
 # state and MLX's random state (dropout) are not arguments of the step, so they are
 # declared as implicit `inputs` and `outputs`: the compiled step reads them and writes
-# their new values back. The package's step, with gradient accumulation and clipping.
-# Every few steps the trainer also measures the update:data ratios, from the parameters
-# it kept from before the step and those after it (`make_update_ratios`), so the step
-# itself is the same every time; the loss is `mx.fast.cross_entropy`'s fused kernel:
+# their new values back. The package's step, with gradient accumulation, and its end,
+# `apply_gradients` (clipping and the optimizer update). Every few steps the trainer
+# also measures the update:data ratios, from the parameters it kept from before the
+# step and those after it (`make_update_ratios`), so the step itself is the same every
+# time; the loss is `mx.fast.cross_entropy`'s fused kernel:
 
 # %%
 print(inspect.getsource(training.make_train_step))
+print(inspect.getsource(training.apply_gradients))
 
 # %% [markdown]
 # `Trainer.train_step` draws the batch, calls the step and evaluates once: the loss, the
@@ -689,6 +691,15 @@ print("FULL_RUN =", FULL_RUN)
 # float32 and in mixed bfloat16 (`--dtype mixed-bfloat16`: bfloat16 arithmetic, float32
 # weights and AdamW state). A first run on a fresh machine also pays for MLX's CUDA
 # backend compiling its kernels, which it then caches; the file records that too.
+#
+# That first run used to wait about two minutes before its first step: the compiled step
+# fuses into some 30 kernels, and NVRTC builds each in seconds, one after another.
+# `mlxllm train` now builds them in two background processes (`mlxllm.kernels`: one runs
+# the whole step, the other its end, the optimizer update, whose kernels the first would
+# build last) while the trainer takes the same steps uncompiled, about half as fast; then
+# their kernels move into MLX's cache and the trainer switches to the compiled step. The
+# uncompiled step computes the same numbers from the same random draws (a test compares
+# the two), and a marker in the cache makes later runs compiled from their first step.
 
 # %%
 recorded = json.loads(Path("results/shakespeare_char_2026-11-29_h200.json").read_text())
