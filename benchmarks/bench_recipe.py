@@ -6,7 +6,9 @@
 
 MLX's CUDA backend compiles each fused kernel with NVRTC the first time it runs and keeps it in
 ``MLX_PTX_CACHE_DIR`` (default ``$TMPDIR/mlx/<version>/ptx``): the first run on a machine pays for those builds,
-later runs load them. For the first run this script points ``MLX_PTX_CACHE_DIR`` at a new, empty folder, and the
+later runs load them. ``mlxllm train`` builds them in background processes while its first steps run
+uncompiled (``mlxllm/kernels.py``); ``--no-background-build`` measures the first step waiting for them instead.
+For the first run this script points ``MLX_PTX_CACHE_DIR`` at a new, empty folder (or ``--cache``), and the
 warm run reuses it, so both are measured on any machine. Elsewhere (the CPU, Metal) no kernels are counted.
 Reported per run: the wall time of the whole command, the kernels built, the best and the final validation loss
 (read from the checkpoint's metrics.json) and the steps run; ``--sample N`` adds N tokens from the kept model.
