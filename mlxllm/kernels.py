@@ -32,6 +32,9 @@ from mlxllm.model import ModelConfig, TransformerLM
 from mlxllm.training import TrainConfig, Trainer, apply_gradients, make_update_ratios
 
 
+BUILD_PREFIX = ".mlxllm-build-"  # a builder's folder inside MLX's kernel cache
+
+
 def on_cuda() -> bool:
     """Whether arrays go to a GPU through MLX's CUDA backend (not Metal, not the CPU)."""
     return mx.default_device() == mx.gpu and mx.cuda.is_available()
@@ -43,20 +46,33 @@ def kernel_cache() -> Path:
     return Path(folder) if folder else Path(tempfile.gettempdir()) / "mlx" / mx.__version__ / "ptx"
 
 
-def publish(built: Path, cache: Path) -> int:
-    """Move the kernels built in ``built`` into ``cache``; returns how many.
+def kernel_files(cache: Path) -> list[Path]:
+    """The kernels in ``cache``, as paths of their ``.ptx`` files relative to it (builders' folders left out)."""
+    found = (ptx.relative_to(cache) for ptx in cache.rglob("*.ptx"))
+    return sorted(ptx for ptx in found if not ptx.parts[0].startswith(BUILD_PREFIX))
+
+
+def publish(built: Path, cache: Path, skip: frozenset = frozenset(), link: bool = False) -> int:
+    """Move the kernels in ``built`` (but those in ``skip``) into ``cache``, or hard-link them; returns how many.
 
     MLX looks a kernel up by its ``.ptx`` file and then reads its ``.txt`` (the kernels' mangled names), so
-    each file arrives whole by rename, and the ``.ptx`` last. A name longer than 245 characters is a path of
-    folders (MLX cuts it so), kept as it is.
+    each file arrives whole, by rename or link, and the ``.ptx`` last. A name longer than 245 characters is a
+    path of folders (MLX cuts it so), kept as it is.
     """
     count = 0
-    for ptx in sorted(built.rglob("*.ptx")):
-        target = cache / ptx.relative_to(built)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    for ptx in kernel_files(built):
+        if ptx in skip:
+            continue
+        (cache / ptx).parent.mkdir(parents=True, exist_ok=True)
         for suffix in (".txt", ".cu", ".ptx"):
-            if ptx.with_suffix(suffix).exists():
-                os.replace(ptx.with_suffix(suffix), target.with_suffix(suffix))
+            source, target = built / ptx.with_suffix(suffix), cache / ptx.with_suffix(suffix)
+            if source.exists() and link:
+                try:
+                    os.link(source, target)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(source, target)
+            elif source.exists():
+                os.replace(source, target)
         count += 1
     return count
 
@@ -76,7 +92,9 @@ class StepBuilder:
     """Builds the compiled training step's kernels in two processes; ``done()`` once they are in MLX's cache.
 
     One runs the whole step; the other, at the same time, only the step's end (the kernels the first would
-    build last), whose kernels move into the first one's cache as soon as they are ready.
+    build last), whose kernels move into the first one's cache as soon as they are ready. Both start from the
+    kernels already in MLX's cache, so they build only the missing ones (after ``--resume --steps N``, say:
+    the learning-rate schedule's constants are in its kernels).
 
     Made by ``StepBuilder.start(trainer)``, which returns None where there is nothing to build: not CUDA, a
     marker says this step was built here before, a trainer the builder cannot copy (fine-tuning rows, LoRA
@@ -89,10 +107,14 @@ class StepBuilder:
     def __init__(self, trainer: Trainer, cache: Path, marker: Path):
         self.cache, self.marker = cache, marker
         cache.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=".mlxllm-build-", dir=cache))  # same disk: renames are atomic
+        self.folder = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=cache))  # same disk: renames are atomic
         spec = {"model": trainer.model.config.to_dict(), "train": trainer.config.to_dict(),
                 "tokens": 4 * trainer.context + 1}
         (self.folder / "spec.json").write_text(json.dumps(spec))
+        # each builder starts from the kernels this machine has (links, not copies) and builds only the rest
+        self.cached = frozenset(kernel_files(cache))
+        for part in self.PARTS:
+            publish(cache, self.folder / part, link=True)
         self.processes = {part: self._spawn(part) for part in self.PARTS}
         self.update_moved = False  # the "update" kernels moved into the "step" builder's cache
         self.kernels = None  # how many were published, once done
@@ -124,13 +146,13 @@ class StepBuilder:
             return True
         step, update = self.processes["step"], self.processes["update"]
         if not self.update_moved and update.poll() == 0:  # the step's builder finds them when it gets there
-            publish(self.folder / "update", self.folder / "step")
+            publish(self.folder / "update", self.folder / "step", self.cached)
             self.update_moved = True
         code = step.poll()
         if code is None:
             return False
         if code == 0:
-            self.kernels = publish(self.folder / "step", self.cache)
+            self.kernels = publish(self.folder / "step", self.cache, self.cached)
             self.marker.write_text(f"{self.kernels} kernels\n")
         else:
             self.kernels = 0

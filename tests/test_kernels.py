@@ -2,6 +2,7 @@
 the trainer's switch from the uncompiled to the compiled step (Chapter 6)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,20 @@ def test_publish_moves_each_kernel_whole_with_its_ptx_last(tmp_path, monkeypatch
         assert [m.suffix for m in moves[i:i + 3]] == [".txt", ".cu", ".ptx"]
 
 
+def test_builders_start_from_the_cached_kernels_and_publish_only_new_ones(tmp_path):
+    cache, builder = tmp_path / "cache", tmp_path / "cache" / ".mlxllm-build-x" / "step"
+    for folder, name in ((cache, "cached"), (builder, "other_builders_file")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.ptx").write_text(name)
+    assert kernels.kernel_files(cache) == [Path("cached.ptx")]  # a builder's folder is not the cache's
+    fresh = tmp_path / "fresh"
+    assert publish(cache, fresh, link=True) == 1 and (fresh / "cached.ptx").read_text() == "cached"
+    assert (fresh / "cached.ptx").stat().st_ino == (cache / "cached.ptx").stat().st_ino  # a link, not a copy
+    (fresh / "built.ptx").write_text("built")
+    assert publish(fresh, cache, skip=frozenset(kernels.kernel_files(cache))) == 1  # the new one only
+    assert (cache / "built.ptx").read_text() == "built" and (fresh / "cached.ptx").exists()
+
+
 def make_trainer() -> Trainer:
     return Trainer.create(MODEL, CONFIG, IDS[:5000], IDS[5000:])
 
@@ -53,12 +68,14 @@ def test_steps_run_uncompiled_until_the_builder_is_done_then_compiled_with_the_s
     trainer = make_trainer()
     trainer.kernel_builder = StepBuilder.start(trainer, force=True)  # off CUDA only when forced
     assert trainer.kernel_builder is not None
-    builder, modes, losses = trainer.kernel_builder, [], []
-    for loss in trainer.steps(CONFIG.steps):
+    builder = trainer.kernel_builder
+    losses = [trainer.train_step()]  # its processes have not even imported MLX yet: uncompiled
+    modes = [trainer._step_fn[0]]
+    for part in ("update", "step"):
+        builder.processes[part].wait()
+    for loss in trainer.steps(CONFIG.steps - 1):  # the builder is done: published, then compiled
         modes.append(trainer._step_fn[0])
         losses.append(loss)
-        if trainer.kernel_builder is not None and len(losses) == 5:
-            builder.processes["step"].wait()  # the first steps (at least) uncompiled, the rest compiled
     assert all(process.returncode == 0 for process in builder.processes.values())
     assert builder.update_moved
     assert modes[0] is False and modes[-1] is True and modes == sorted(modes)  # one switch, never back
@@ -71,7 +88,10 @@ def test_steps_run_uncompiled_until_the_builder_is_done_then_compiled_with_the_s
 
 def test_a_builder_stopped_early_leaves_no_marker_and_no_folder(cache):
     trainer = make_trainer()
+    cache.mkdir(parents=True)
+    (cache / "cached.ptx").write_text("a kernel built before")
     builder = StepBuilder.start(trainer, force=True)
+    assert all((builder.folder / part / "cached.ptx").exists() for part in builder.PARTS)  # not built again
     builder.close()
     assert builder.done() and builder.kernels == 0
     assert not list(cache.glob("mlxllm-step-*.built")) and not list(cache.glob(".mlxllm-build-*"))
