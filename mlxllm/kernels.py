@@ -25,12 +25,10 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-
 from mlx.utils import tree_flatten, tree_map
 
 from mlxllm.model import ModelConfig, TransformerLM
 from mlxllm.training import TrainConfig, Trainer, apply_gradients, make_update_ratios
-
 
 BUILD_PREFIX = ".mlxllm-build-"  # a builder's folder inside MLX's kernel cache
 
