@@ -27,10 +27,13 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlxllm.kernels import kernel_files
 
-def kernel_name(ptx: Path, cache: Path) -> str:
-    """A cached kernel's name: MLX cuts a name longer than 245 characters into folders under the cache."""
-    return "".join(ptx.relative_to(cache).with_suffix("").parts)
+
+def kernel_name(ptx: Path) -> str:
+    """A cached kernel's name from its ``.ptx`` path in the cache: MLX cuts a name longer than 245 characters
+    into folders."""
+    return "".join(ptx.with_suffix("").parts)
 
 
 def run_recipe(args: argparse.Namespace, cache: Path, out: Path) -> dict:
@@ -43,7 +46,7 @@ def run_recipe(args: argparse.Namespace, cache: Path, out: Path) -> dict:
     env = {**os.environ, "MLX_PTX_CACHE_DIR": str(cache)}
     if args.no_background_build:
         env["MLXLLM_BUILD_IN_BACKGROUND"] = "0"
-    before = set(cache.rglob("*.ptx"))
+    before = set(kernel_files(cache))
     started, start = time.time(), time.perf_counter()
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -51,9 +54,9 @@ def run_recipe(args: argparse.Namespace, cache: Path, out: Path) -> dict:
         sys.exit(f"`{' '.join(command)}` failed:\n{finished.stderr[-2000:]}")
     metrics = json.loads(next(out.glob("step-*/metrics.json")).read_text())  # the one kept checkpoint
     evaluations = metrics["eval"]
-    built = sorted(set(cache.rglob("*.ptx")) - before, key=lambda f: f.stat().st_mtime)
-    done = [started] + [f.stat().st_mtime for f in built]  # each kernel's build ends when its file is written
-    kernels = [(b - a, kernel_name(f, cache)) for a, b, f in zip(done, done[1:], built)]  # (seconds since the previous, name)
+    built = sorted(set(kernel_files(cache)) - before, key=lambda f: (cache / f).stat().st_mtime)
+    done = [started] + [(cache / f).stat().st_mtime for f in built]  # a build ends when its file is written
+    kernels = [(b - a, kernel_name(f)) for a, b, f in zip(done, done[1:], built)]  # (seconds since the last, name)
     return {"wall": wall, "kernels": kernels, "best": metrics["best"],
             "final": (evaluations["step"][-1], evaluations["val_loss"][-1]), "summary": finished.stdout.strip()}
 

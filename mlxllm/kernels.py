@@ -64,26 +64,25 @@ def publish(built: Path, cache: Path, skip: frozenset = frozenset(), link: bool 
         (cache / ptx).parent.mkdir(parents=True, exist_ok=True)
         for suffix in (".txt", ".cu", ".ptx"):
             source, target = built / ptx.with_suffix(suffix), cache / ptx.with_suffix(suffix)
-            if source.exists() and link:
-                try:
-                    os.link(source, target)
-                except OSError:  # a file system without hard links
-                    shutil.copy2(source, target)
-            elif source.exists():
+            if not source.exists():
+                continue
+            if not link:
                 os.replace(source, target)
+                continue
+            try:
+                os.link(source, target)
+            except OSError:  # a file system without hard links
+                shutil.copy2(source, target)
         count += 1
     return count
 
 
-def step_signature(trainer: Trainer) -> dict:
-    """What the compiled training step's kernels depend on: MLX, the model and training configs, the batch's
-    shape, the dtypes, and this package's code."""
-    sources = sorted(Path(__file__).parent.glob("*.py"))
-    code = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
-    c = trainer.config
-    return {"mlx": mx.__version__, "model": trainer.model.config.to_dict(), "train": c.to_dict(),
-            "batch": [c.grad_accumulation, c.batch_size, trainer.context],
-            "parameters": sorted({str(p.dtype) for _, p in tree_flatten(trainer.model.parameters())}), "code": code}
+def step_signature(trainer: Trainer) -> str:
+    """A digest of what the compiled training step's kernels depend on: MLX, this package's code and the two
+    configs (which fix the batch's shape and the dtypes); the trainer's own fingerprints of them."""
+    fingerprints = trainer.fingerprints()
+    parts = ("MLX version", "mlxllm source code", "model config", "training config")
+    return hashlib.sha256(b"".join(fingerprints[part] for part in parts)).hexdigest()
 
 
 class StepBuilder:
@@ -133,8 +132,7 @@ class StepBuilder:
                 or trainable != {name for name, _ in tree_flatten(trainer.model.parameters())}):
             return None
         cache = kernel_cache()
-        signature = json.dumps(step_signature(trainer), sort_keys=True).encode()
-        marker = cache / f"mlxllm-step-{hashlib.sha256(signature).hexdigest()[:16]}.built"
+        marker = cache / f"mlxllm-step-{step_signature(trainer)[:16]}.built"
         return None if marker.exists() else cls(trainer, cache, marker)
 
     def done(self) -> bool:
