@@ -133,40 +133,25 @@ class MultiHeadAttention(nn.Module):
         self.qk_norm = c.qk_norm
         self.dropout = c.dropout  # on the attention probabilities, in training mode only
 
-    def __call__(self, x: mx.array, mask: str | mx.array | None = "causal", cache: KVCache | None = None) -> mx.array:
-        T = x.shape[1]  # x: (B, T, C)
-        q, k, v = self.project(x, 0 if cache is None else cache.offset)  # (B, H or H_kv, T, D)
+    def __call__(self, x: mx.array, mask: str | mx.array | None = "causal",
+                 cache: KVCache | None = None) -> mx.array:
+        B, T, _ = x.shape  # x: (B, T, C)
+        # project, then split C into heads and move heads before time: (B, T, H*D) → (B, H, T, D)
+        q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:  # rotate by absolute position: with a cache, x starts at its fill
+            offset = 0 if cache is None else cache.offset
+            q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, H_kv, offset + T, D)
         if T == 1 and isinstance(mask, str):
             mask = None  # a single newest query may see every cached key
-        if self.training and self.dropout > 0:  # the fused kernel has no dropout: materialise the probabilities
+        if self.training and self.dropout > 0:  # the fused kernel has no dropout: go the long way
             out = attention_reference(q, k, v, mask, dropout=self.dropout)  # (B, H, T, D)
         else:
             out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
-        return self.output(out)
-
-    def project(self, x: mx.array, offset: int | mx.array = 0) -> tuple[mx.array, mx.array, mx.array]:
-        """(B, T, C) → q (B, H, T, D), k and v (B, H_kv, T, D): projected, QK-normed, rotated to their positions.
-
-        ``offset`` is the position of x's first token (a cache's fill); an int32 array inside ``mx.compile``.
-        """
-        return self.heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), offset)
-
-    def heads(self, q: mx.array, k: mx.array, v: mx.array, offset: int | mx.array = 0) -> tuple[mx.array, ...]:
-        """Projections (B, T, H*D), (B, T, H_kv*D) ×2 → heads (B, H or H_kv, T, D), QK-normed and rotated."""
-        B, T, _ = q.shape
-        # split C into heads and move heads before time: (B, T, H*D) -> (B, H, T, D)
-        q = q.reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = k.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = v.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:  # rotate by absolute position; with a cache the new tokens start at offset
-            q, k = self.rope(q, offset), self.rope(k, offset)
-        return q, k, v
-
-    def output(self, out: mx.array) -> mx.array:
-        """The heads' outputs (B, H, T, D) joined back into (B, T, C) and mixed by the output projection."""
-        B, _, T, _ = out.shape
+        # heads back beside each other, (B, H, T, D) → (B, T, H*D), then mixed by the output projection
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))  # (B, T, C)

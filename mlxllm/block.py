@@ -4,8 +4,6 @@ block(x) = x + attention(norm(x)), then x + ffn(norm(x))      (pre-norm: GPT-2, 
 block(x) = norm(x + attention(x)), then norm(x + ffn(x))      (post-norm: the 2017 Transformer)
 """
 
-from collections.abc import Callable
-
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -56,12 +54,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden_dims, dims, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(self.gated(self.gate_proj(x), self.up_proj(x)))  # (B, T, C)
-
-    @staticmethod
-    def gated(gate: mx.array, up: mx.array) -> mx.array:
-        """The gate: silu(gate) * up, elementwise (B, T, hidden)."""
-        return nn.silu(gate) * up
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C)
 
 
 def make_ffn(config: ModelConfig) -> nn.Module:
@@ -91,25 +84,14 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.pre_norm, self.parallel = config.pre_norm, config.parallel_block
 
-    def __call__(self, x: mx.array, mask: str | mx.array | None = "causal", cache: KVCache | None = None) -> mx.array:
+    def __call__(self, x: mx.array, mask: str | mx.array | None = "causal",
+                 cache: KVCache | None = None) -> mx.array:
         # x: (B, T, C) — the residual stream; each branch reads it and adds its result back
-        h = self.attention_input(x)
-        return self.residual(x, h, self.attention(h, mask, cache))
-
-    def attention_input(self, x: mx.array) -> mx.array:
-        """What attention reads: the normed stream (pre-norm, parallel) or the stream itself (post-norm)."""
-        return self.attention_norm(x) if self.pre_norm or self.parallel else x
-
-    def residual(self, x: mx.array, h: mx.array, attended: mx.array, ffn: Callable | None = None) -> mx.array:
-        """The rest of the block once attention has read ``h = attention_input(x)`` and returned ``attended``.
-
-        ``ffn``: another function with ``self.ffn``'s result (generation's joined gate and up projections).
-        """
-        ffn = self.ffn if ffn is None else ffn
         if self.parallel:  # both branches read the same normed input
-            return x + self.dropout(attended) + self.dropout(ffn(h))
+            h = self.attention_norm(x)
+            return x + self.dropout(self.attention(h, mask, cache)) + self.dropout(self.ffn(h))
         if self.pre_norm:
-            x = x + self.dropout(attended)
-            return x + self.dropout(ffn(self.ffn_norm(x)))
-        x = self.attention_norm(x + self.dropout(attended))
-        return self.ffn_norm(x + self.dropout(ffn(x)))
+            x = x + self.dropout(self.attention(self.attention_norm(x), mask, cache))
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask, cache)))  # post-norm
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))

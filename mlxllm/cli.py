@@ -26,7 +26,6 @@ from pathlib import Path
 from mlxllm import data
 from mlxllm.checkpoint import is_checkpoint, load_checkpoint_tokenizer, run_lock
 from mlxllm.distributed import RanksDisagree, is_main, world
-from mlxllm.kernels import StepBuilder
 from mlxllm.presets import PRESETS, prepare_run, resume_run
 from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import TrainConfig, TrainingDiverged, TrainingInterrupted
@@ -90,17 +89,10 @@ def train(args: argparse.Namespace) -> None:
             say(f"{preset}: {trainer.model.num_parameters():,} parameters, vocabulary "
                 f"{trainer.model.config.vocab_size}, {len(trainer.train_ids):,} training / "
                 f"{len(trainer.val_ids):,} validation tokens")
-        trainer.kernel_builder = StepBuilder.start(trainer)  # a CUDA GPU's first run of this step: None elsewhere
-        if trainer.kernel_builder is not None:
-            say("building the compiled step's CUDA kernels in the background (once per machine); until they are "
-                "ready, the same steps run uncompiled")
         try:
             losses = trainer.run(out=out, progress=not args.quiet)
         except TrainingInterrupted as stop:
             raise TrainingInterrupted(f"{stop}; continue with `mlxllm train --out {out} --resume`") from None
-        finally:
-            if trainer.kernel_builder is not None:
-                trainer.kernel_builder.close()
     best = trainer.metrics["best"]
     bits = trainer.val_bits_per_byte(losses["val_loss"])
     say(f"step {trainer.step}: val loss {losses['val_loss']:.4f} nats/token"
@@ -211,20 +203,32 @@ def finetune(args: argparse.Namespace) -> None:
     print(f"results in {path}")
 
 
-def sampling(args: argparse.Namespace) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
+def decoder(model, args: argparse.Namespace):
+    """``decode(prompt_ids, n, seed, stop_ids)`` → token ids: the fast engine (Chapter 10), or the
+    core's ``generate`` with ``--core``; the sampler is built once from the options."""
+    from mlxllm.fast import DecodeEngine
+    from mlxllm.generation import generate, make_sampler
+
+    sampler = make_sampler(args.temperature, args.top_k, args.top_p, args.min_p)
+    if args.core:
+        return lambda ids, n, seed, stop_ids: generate(model, ids, n, sampler=sampler, seed=seed,
+                                                       stop_ids=stop_ids)
+    engine = DecodeEngine(model)
+    return lambda ids, n, seed, stop_ids: engine.generate(ids, n, sampler=sampler, seed=seed,
+                                                          stop_ids=stop_ids)
 
 
 def generate_text(args: argparse.Namespace) -> None:
-    from mlxllm.generation import generate, stream_text
+    from mlxllm.generation import stream_text
 
     model, tokenizer = load(args.model, args.adapter)
+    decode = decoder(model, args)
     prompt_ids = tokenizer.encode(args.prompt)
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:  # fill the context
         max_new_tokens = max(0, model.config.context_length - len(prompt_ids))
     stop_ids = () if args.ignore_eos else tokenizer.eos_token_ids
-    tokens = generate(model, prompt_ids, max_new_tokens, **sampling(args), seed=args.seed, stop_ids=stop_ids)
+    tokens = decode(prompt_ids, max_new_tokens, args.seed, stop_ids)
     print(args.prompt, end="", flush=True)
     for piece in stream_text(tokens, tokenizer):
         print(piece, end="", flush=True)
@@ -233,9 +237,10 @@ def generate_text(args: argparse.Namespace) -> None:
 
 def chat(args: argparse.Namespace) -> None:
     """Read one user message per line (interactively, or from piped stdin until its end), stream each answer."""
-    from mlxllm.generation import generate, stream_text
+    from mlxllm.generation import stream_text
 
     model, tokenizer = load(args.model, args.adapter)
+    decode = decoder(model, args)
     if not tokenizer.chat_template:
         raise ValueError(f"{args.model} has no chat template, so it is not a chat model; use `mlxllm generate`")
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -260,8 +265,7 @@ def chat(args: argparse.Namespace) -> None:
         if room <= 0:
             raise ValueError(f"the conversation is {len(prompt_ids)} tokens, longer than the model's context of "
                              f"{model.config.context_length}; start a new chat")
-        tokens = generate(model, prompt_ids, min(args.max_new_tokens, room), **sampling(args), seed=seed,
-                          stop_ids=tokenizer.eos_token_ids)
+        tokens = decode(prompt_ids, min(args.max_new_tokens, room), seed, tokenizer.eos_token_ids)
         answer = []
         for piece in stream_text(tokens, tokenizer):
             answer.append(piece)
@@ -298,6 +302,8 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int | None)
     p.add_argument("--min-p", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter", help="a folder of LoRA adapters (`mlxllm finetune --out`) to apply")
+    p.add_argument("--core", action="store_true", help="decode through the core's plain KV-cache "
+                   "loop (mlxllm.generate) instead of the compiled engine; the same tokens")
 
 
 def make_parser() -> Parser:

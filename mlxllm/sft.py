@@ -13,7 +13,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlxllm.generation import generate_batch
 from mlxllm.optimizer import make_optimizer
+from mlxllm.tokenizer.chat import validate_messages
 from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import IGNORE, TrainConfig, Trainer
 
@@ -21,14 +23,17 @@ ROLES = ("system", "user", "assistant")
 
 
 def check_conversation(messages, where: str = "a conversation") -> list[dict]:
-    """The messages, or a ValueError saying what is wrong with them (roles, contents, no assistant turn)."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ROLES or \
-                not isinstance(message.get("content"), str):
-            raise ValueError(f"{where}: every message needs a role in {list(ROLES)} and a string content, "
-                             f"got {message!r}")
+    """The messages, checked as ``apply_chat_template`` checks them, with roles from ``ROLES`` and
+    at least one assistant turn; else a ValueError that starts with ``where``."""
+    if isinstance(messages, list) and not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} "
+                         "objects")
+    try:
+        messages = validate_messages(messages)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    if bad := [m["role"] for m in messages if m["role"] not in ROLES]:
+        raise ValueError(f"{where}: every message needs a role in {list(ROLES)}, got {bad[0]!r}")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{where}: there is no assistant message, so nothing to learn from")
     return messages
@@ -141,26 +146,6 @@ def prompt_and_answer(tokenizer, messages: list[dict]) -> tuple[list[int], str]:
     return tokenizer.encode(prompt, allowed_special="all"), messages[last]["content"]
 
 
-def greedy_batch(model: nn.Module, prompts: list[list[int]], max_new_tokens: int,
-                 stop_ids=()) -> list[list[int]]:
-    """Greedy continuations of prompts of equal length, decoded together with one KV cache; each stops at
-    its first stop id (not included) or after ``max_new_tokens``. Chapter 9."""
-    if len({len(p) for p in prompts}) != 1:
-        raise ValueError("greedy_batch needs prompts of one length; group them by length first")
-    cache, stop = model.make_cache(), mx.array(sorted(stop_ids) or [-1])
-    logits = model(mx.array(prompts), cache=cache)[:, -1]  # (B, V)
-    tokens, finished = [], mx.zeros((len(prompts),), dtype=mx.bool_)
-    for _ in range(max_new_tokens):
-        token = mx.argmax(logits, axis=-1).astype(mx.int32)  # (B,)
-        finished = finished | (token[:, None] == stop[None]).any(axis=-1)
-        tokens.append(mx.where(finished, -1, token))
-        if finished.all().item():
-            break
-        logits = model(token[:, None], cache=cache, check_ids=False)[:, -1]  # argmax ids: in range
-    columns = np.array(mx.stack(tokens, axis=1)) if tokens else np.zeros((len(prompts), 0), np.int64)
-    return [[int(t) for t in row[: (list(row) + [-1]).index(-1)]] for row in columns]
-
-
 def exact_match(model: nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 24,
                 batch_size: int = 64) -> tuple[float, list[dict]]:
     """Share of conversations whose greedy answer (stopped at end of turn, stripped) equals the last
@@ -175,7 +160,8 @@ def exact_match(model: nn.Module, tokenizer, conversations: list[list[dict]], ma
     for indices in by_length.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start: start + batch_size]
-            outs = greedy_batch(model, [items[i][0] for i in chunk], max_new_tokens, tokenizer.eos_token_ids)
+            outs = generate_batch(model, [items[i][0] for i in chunk], max_new_tokens,
+                                  stop_ids=tokenizer.eos_token_ids)
             for i, out in zip(chunk, outs):
                 answers[i] = tokenizer.decode(out).strip()
     model.train(was_training)
@@ -190,6 +176,7 @@ def chat_answer(model: nn.Module, tokenizer, question: str, max_new_tokens: int 
                            allowed_special="all")
     was_training = model.training
     model.eval()
-    answer = tokenizer.decode(greedy_batch(model, [ids], max_new_tokens, tokenizer.eos_token_ids)[0]).strip()
+    answer = generate_batch(model, [ids], max_new_tokens, stop_ids=tokenizer.eos_token_ids)[0]
+    answer = tokenizer.decode(answer).strip()
     model.train(was_training)
     return answer

@@ -193,22 +193,6 @@ def test_cached_attention_equals_full_recompute(n_kv_heads, traditional):
     assert_close(mx.concatenate(pieces, axis=1), full, what="cached vs full attention")
 
 
-@pytest.mark.parametrize("n_kv_heads", [4, 1])
-def test_attention_in_compiled_pieces_equals_the_whole_layer(n_kv_heads):
-    """Generation's compiled path: project (compiled, offset as an array), cache, fused kernel, output."""
-    layer = attention(dims=16, n_kv_heads=n_kv_heads, position="rope")
-    x = mx.random.normal((1, 262, 16))
-    cache = KVCache()
-    pieces = [layer(x[:, :250], cache=cache)]
-    project, output = mx.compile(layer.project), mx.compile(layer.output)
-    for t in range(250, 262):  # crosses position 256: the cache grows a chunk, the pieces keep their trace
-        q, k, v = project(x[:, t : t + 1], mx.array(cache.offset, dtype=mx.int32))
-        k, v = cache.update_and_fetch(k, v)
-        pieces.append(output(scaled_dot_product_attention(q, k, v, mask=None)))
-    assert cache.offset == 262 and cache.keys.shape[2] == 512
-    assert_close(mx.concatenate(pieces, axis=1), layer(x), what="compiled pieces vs full attention")
-
-
 @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
 def test_half_precision_attention_stays_close_to_float32(dtype):
     layer = attention(n_kv_heads=2, position="rope")

@@ -63,16 +63,17 @@ def test_greedy_tokens_on_the_gpu_equal_the_cpu_where_the_margin_is_clear():
 
 @needs_gpu
 def test_generate_decodes_on_the_default_device_chosen_after_import():
-    from mlxllm.generation import _generation_stream
+    from mlxllm.fast import DecodeEngine
+    from mlxllm.generation import generation_stream, make_sampler
 
     model = randomize(make_model("llama"), seed=3)
-    assert _generation_stream().device == mx.gpu
+    assert generation_stream().device == mx.gpu
     old = mx.default_device()
     mx.set_default_device(mx.cpu)  # as `--device cpu` does, long after mlxllm was imported
     try:
-        assert _generation_stream().device == mx.cpu
-        compiled = list(generate(model, [1, 2, 3], 12, temperature=0))
-        plain = list(generate(model, [1, 2, 3], 12, temperature=0, compiled=False))
+        assert generation_stream().device == mx.cpu
+        plain = list(generate(model, [1, 2, 3], 12, temperature=0))
+        fast = list(DecodeEngine(model).generate([1, 2, 3], 12, sampler=make_sampler(temperature=0)))
     finally:
         mx.set_default_device(old)
-    assert compiled == plain and len(compiled) == 12  # the CPU backend against itself: exact
+    assert fast == plain and len(plain) == 12  # the CPU backend against itself: exact

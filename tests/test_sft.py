@@ -96,17 +96,6 @@ def test_trainer_on_rows_lowers_the_loss_and_changes_only_the_adapters():
                                                                                                sft.finetune_config()))
 
 
-def test_greedy_batch_equals_greedy_generate_per_prompt():
-    model = make_model("llama", seed=3)
-    model.eval()
-    prompts = [[5, 6, 7, 8], [9, 3, 1, 4], [2, 2, 2, 2]]
-    stop = {int(mx.argmax(model(mx.array([prompts[0]]))[0, -1]))}  # the first prompt stops at once
-    batch = sft.greedy_batch(model, prompts, 6, stop)
-    for prompt, got in zip(prompts, batch):
-        assert got == list(generate(model, prompt, 6, temperature=0, stop_ids=stop))
-    assert batch[0] == []
-
-
 def test_date_task_answers_are_exact_and_splits_disjoint():
     splits = tasks.date_splits({"train": 300, "valid": 20, "test": 50}, seed=7)
     assert splits == tasks.date_splits({"train": 300, "valid": 20, "test": 50}, seed=7)  # seeded
