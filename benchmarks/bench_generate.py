@@ -1,4 +1,7 @@
-"""Decode and prefill speed of ``mlxllm.generate`` against mlx-lm's ``generate_step``, same weights.
+"""Decode and prefill speed of mlxllm's two layers against mlx-lm's ``generate_step``, same weights.
+
+"fast" is the decode engine (``mlxllm.fast.DecodeEngine``, what the CLI uses), "core" the plain
+KV-cached loop (``mlxllm.generate``, what Python runs by default).
 
 A LLaMA-style model with random weights (float32) is written once in Hugging Face layout by
 ``mlxllm.save_pretrained`` and loaded by mlx-lm's own loader, so both sides run exactly the
@@ -32,7 +35,8 @@ from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
 from mlxllm import ModelConfig, TransformerLM, Tokenizer, save_pretrained
-from mlxllm.generation import generate
+from mlxllm.fast import DecodeEngine
+from mlxllm.generation import generate, make_sampler
 
 SIZES = {
     # LLaMA-style: RoPE, RMSNorm, SwiGLU, GQA, untied head, 32k vocabulary
@@ -82,9 +86,12 @@ def time_run(make_stream, n_prompt: int, n: int) -> tuple[list[int], dict[str, f
     }
 
 
-def ours(model: TransformerLM, prompt: list[int], n: int, compiled: bool = True):
-    """mlxllm's generate with its compiled decode step, or (compiled=False) the plain KVCache path."""
-    return time_run(lambda k: generate(model, prompt, k, temperature=0, compiled=compiled), len(prompt), n)
+def ours(model: TransformerLM, prompt: list[int], n: int, engine: DecodeEngine | None = None):
+    """mlxllm's decode engine (given one), or the core's generate: the plain KVCache loop."""
+    if engine is None:
+        return time_run(lambda k: generate(model, prompt, k, temperature=0), len(prompt), n)
+    greedy = make_sampler(temperature=0)
+    return time_run(lambda k: engine.generate(prompt, k, sampler=greedy), len(prompt), n)
 
 
 def theirs(model, prompt: list[int], n: int):
@@ -114,13 +121,14 @@ def main() -> None:
     mx.eval(reference.parameters())
 
     prompt = mx.random.randint(0, config.vocab_size, (args.prompt_tokens,), key=mx.random.key(1)).tolist()
-    # warm up all three (the compiled stages are traced here; every cache size the timed runs use is met)
+    # warm up all three (the engine's stages are traced here; every cache size the timed runs use is met)
     n = args.new_tokens  # the warm-up runs as long as the timed runs: every cache size is traced before timing
-    ours(model, prompt, n), ours(model, prompt, n, compiled=False), theirs(reference, prompt, n)
+    engine = DecodeEngine(model)
+    ours(model, prompt, n, engine), ours(model, prompt, n), theirs(reference, prompt, n)
     runs = {"mlxllm": [], "mlxllm plain": [], "mlx-lm": []}
     for repeat in range(args.repeats):  # rotate who goes first, so that none always runs warmer
-        trio = [("mlxllm", lambda: ours(model, prompt, args.new_tokens)),
-                ("mlxllm plain", lambda: ours(model, prompt, args.new_tokens, compiled=False)),
+        trio = [("mlxllm", lambda: ours(model, prompt, args.new_tokens, engine)),
+                ("mlxllm plain", lambda: ours(model, prompt, args.new_tokens)),
                 ("mlx-lm", lambda: theirs(reference, prompt, args.new_tokens))]
         for name, run in trio[repeat % 3:] + trio[:repeat % 3]:
             runs[name].append(run())
@@ -145,11 +153,11 @@ def main() -> None:
     print(f"model: LLaMA-style, {model.num_parameters() / 1e6:.1f}M parameters ({weight_bytes / 2**20:.0f} MiB float32), "
           f"{json.dumps(SIZES['small' if args.small else 'default'])}")
     print(f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, best of {args.repeats}; "
-          f"greedy tokens equal to mlx-lm's: {same['mlxllm']}/{len(tokens['mlx-lm'])} compiled, "
-          f"{same['mlxllm plain']}/{len(tokens['mlx-lm'])} plain (on a GPU a near-tie may part them)")
+          f"greedy tokens equal to mlx-lm's: {same['mlxllm']}/{len(tokens['mlx-lm'])} fast, "
+          f"{same['mlxllm plain']}/{len(tokens['mlx-lm'])} core (on a GPU a near-tie may part them)")
     print()
-    print(f"| {'':20} | {'mlxllm':>8} | {'plain':>8} | {'mlx-lm':>8} | {'ratio of best':>13} | {'median paired':>13} "
-          f"| {'plain: best':>11} | {'plain: median':>13} |")
+    print(f"| {'':20} | {'fast':>8} | {'core':>8} | {'mlx-lm':>8} | {'fast: best':>13} | {'fast: median':>13} "
+          f"| {'core: best':>11} | {'core: median':>13} |")
     print(f"| {'-' * 20} |{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|{'-' * 14}:|{'-' * 14}:|{'-' * 12}:|{'-' * 14}:|")
     for m in metrics:
         b = best[m]
@@ -158,14 +166,16 @@ def main() -> None:
               f"{b['mlxllm plain'] / b['mlx-lm']:11.2f} | {paired[m]['mlxllm plain']:13.2f} |")
     print()
     print(f"memory bandwidth (copy on {mx.default_device()}): {bandwidth / 1e9:.1f} GB/s → decode bound {bound:.1f} "
-          f"tokens/s; mlxllm reaches {decode['mlxllm'] / bound:.0%} of it, mlx-lm {decode['mlx-lm'] / bound:.0%}")
+          f"tokens/s; fast reaches {decode['mlxllm'] / bound:.0%} of it, core {decode['mlxllm plain'] / bound:.0%}, "
+          f"mlx-lm {decode['mlx-lm'] / bound:.0%}")
     p = paired
-    print(f"RATIO mlxllm/mlx-lm on {mx.default_device()} (mlx {mx.__version__}, float32): decode "
+    print(f"RATIO mlxllm/mlx-lm on {mx.default_device()} (mlx {mx.__version__}, float32): decode fast "
           f"{decode['mlxllm'] / decode['mlx-lm']:.2f}x best-of-{args.repeats}, {p['decode tokens/s']['mlxllm']:.2f}x "
-          f"median paired (plain path {decode['mlxllm plain'] / decode['mlx-lm']:.2f}x, "
-          f"{p['decode tokens/s']['mlxllm plain']:.2f}x); prefill "
+          f"median paired; core {decode['mlxllm plain'] / decode['mlx-lm']:.2f}x, "
+          f"{p['decode tokens/s']['mlxllm plain']:.2f}x; prefill fast "
           f"{best['prefill tokens/s']['mlxllm'] / best['prefill tokens/s']['mlx-lm']:.2f}x best, "
-          f"{p['prefill tokens/s']['mlxllm']:.2f}x median paired; greedy tokens equal to mlx-lm's "
+          f"{p['prefill tokens/s']['mlxllm']:.2f}x median paired, core "
+          f"{p['prefill tokens/s']['mlxllm plain']:.2f}x median; greedy tokens equal to mlx-lm's "
           f"{same['mlxllm']}/{len(tokens['mlx-lm'])}")
 
 

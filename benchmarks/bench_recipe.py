@@ -1,17 +1,18 @@
-"""The whole recipe as a user runs it: `mlxllm train` in a fresh process, first with an empty kernel cache, then warm.
+"""The whole recipe as a user runs it: `mlxllm train`, once with an empty kernel cache, then warm.
 
-    python benchmarks/bench_recipe.py                                   # shakespeare-char, float32: first run, then warm
+Each run is a fresh process:
+
+    python benchmarks/bench_recipe.py             # shakespeare-char, float32: first run, then warm
     python benchmarks/bench_recipe.py --dtype mixed-bfloat16 --runs first
-    python benchmarks/bench_recipe.py --preset tiny --steps 200         # a quick look on a CPU
+    python benchmarks/bench_recipe.py --preset tiny --steps 200   # a quick look on a CPU
 
 MLX's CUDA backend compiles each fused kernel with NVRTC the first time it runs and keeps it in
-``MLX_PTX_CACHE_DIR`` (default ``$TMPDIR/mlx/<version>/ptx``): the first run on a machine pays for those builds,
-later runs load them. ``mlxllm train`` builds them in background processes while its first steps run
-uncompiled (``mlxllm/kernels.py``); ``--no-background-build`` measures the first step waiting for them instead.
-For the first run this script points ``MLX_PTX_CACHE_DIR`` at a new, empty folder (or ``--cache``), and the
-warm run reuses it, so both are measured on any machine. Elsewhere (the CPU, Metal) no kernels are counted.
-Reported per run: the wall time of the whole command, the kernels built, the best and the final validation loss
-(read from the checkpoint's metrics.json) and the steps run; ``--sample N`` adds N tokens from the kept model.
+``MLX_PTX_CACHE_DIR`` (default ``$TMPDIR/mlx/<version>/ptx``): the first run on a machine pays for
+those builds, later runs load them. For the first run this script points ``MLX_PTX_CACHE_DIR`` at a
+new, empty folder (or ``--cache``), and the warm run reuses it, so both are measured on any machine.
+Elsewhere (the CPU, Metal) no kernels are counted. Reported per run: the wall time of the whole
+command, the kernels built, the best and the final validation loss (read from the checkpoint's
+metrics.json) and the steps run; ``--sample N`` adds N tokens from the kept model.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlxllm.kernels import kernel_files
+
+def kernel_files(cache: Path) -> list[Path]:
+    """The kernels in MLX's kernel cache ``cache``: their ``.ptx`` files, relative to it."""
+    return sorted(ptx.relative_to(cache) for ptx in cache.rglob("*.ptx"))
 
 
 def kernel_name(ptx: Path) -> str:
@@ -44,8 +48,6 @@ def run_recipe(args: argparse.Namespace, cache: Path, out: Path) -> dict:
         if getattr(args, flag) is not None:
             command += [f"--{flag}", str(getattr(args, flag))]
     env = {**os.environ, "MLX_PTX_CACHE_DIR": str(cache)}
-    if args.no_background_build:
-        env["MLXLLM_BUILD_IN_BACKGROUND"] = "0"
     before = set(kernel_files(cache))
     started, start = time.time(), time.perf_counter()
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -71,8 +73,6 @@ def main() -> None:
                         help="first: only the run with an empty kernel cache; both: then a warm run")
     parser.add_argument("--cache", default=None,
                         help="the kernel cache folder to use and keep (default: a new temporary one)")
-    parser.add_argument("--no-background-build", action="store_true",
-                        help="MLXLLM_BUILD_IN_BACKGROUND=0: the first step waits for its kernels, built in-process")
     parser.add_argument("--out", default=None, help="keep each run's checkpoint as DIR/run0, DIR/run1 "
                         "(default: temporary)")
     parser.add_argument("--kernels", action="store_true",

@@ -15,7 +15,8 @@ from mlxllm.model import ModelConfig, TransformerLM
 from mlxllm.generation import SamplingConfig, generate, make_sampler, sample, sampling_logits, stream_text
 from mlxllm.prediction import bits_per_byte, cross_entropy, probabilities
 from mlxllm.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Tokenizer
-from mlxllm.training import TrainConfig, Trainer, TrainingDiverged
+from mlxllm.config import TrainConfig
+from mlxllm.training import Trainer, TrainingDiverged
 from mlxllm.presets import PRESETS, Preset, prepare_run
 from mlxllm.checkpoint import is_checkpoint, load_model
 from mlxllm.pretrained import load_pretrained, save_pretrained

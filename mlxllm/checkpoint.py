@@ -18,13 +18,18 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
 
+from mlxllm.config import ModelConfig, TrainConfig
 from mlxllm.data import sha256_of
-from mlxllm.model import ModelConfig, TransformerLM
+from mlxllm.files import fsync, write_atomic
+from mlxllm.model import TransformerLM
+from mlxllm.optimizer import make_optimizer
 
 MARKER = "checkpoint.json"
 FORMAT = "mlxllm-checkpoint"
@@ -146,31 +151,62 @@ def load_model(folder: str | Path) -> tuple[TransformerLM, object]:
     """The kept model (in eval mode) and its tokenizer, from a checkpoint folder written by ``Trainer``. Chapter 6."""
     manifest = read_manifest(folder)
     model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
-    from mlxllm.training import TrainConfig  # here: training imports this module
-
     model.set_dtype(TrainConfig.from_dict(manifest["train"]).parameter_dtype)
     load_model_weights(model, folder, manifest=manifest)
     model.eval()
     return model, load_checkpoint_tokenizer(folder, manifest)
 
 
+@dataclass
+class SavedRun:
+    """What a checkpoint holds to resume its run exactly (``load_run``; ``Trainer.resume``)."""
+
+    manifest: dict
+    config: TrainConfig
+    model: TransformerLM  # the newest parameters, in training mode
+    optimizer: optim.Optimizer
+    step: int
+    batch_key: mx.array  # the next batch and the next step's dropout come from it
+    metrics: dict
+    best_parameters: dict | None  # known only where the run kept them (save="best")
+    world_size: int  # the ranks that wrote it
+
+
+def load_run(folder: str | Path, config: TrainConfig | None = None) -> SavedRun:
+    """Everything a checkpoint saved to resume its run, each file verified. ``config`` replaces the
+    saved training config but may change only ``RESUMABLE_CHANGES``. Built in Chapter 6."""
+    manifest = read_manifest(folder)
+    saved_config = TrainConfig.from_dict(manifest["train"])
+    if config is not None:
+        keep = {name: getattr(saved_config, name) for name in RESUMABLE_CHANGES}
+        if changed := first_config_mismatch(manifest["train"], {**config.to_dict(), **keep}):
+            raise CheckpointError(f"cannot resume {folder} with another training config: {changed}")
+    config = config or saved_config
+    state = read_json(folder, manifest, "state.json")
+    metrics = read_json(folder, manifest, "metrics.json")
+    model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
+    model.set_dtype(config.parameter_dtype)
+    load_model_weights(model, folder, state.get("resume_from", "model.safetensors"), manifest)
+    model.train()
+    optimizer = make_optimizer(model, config)
+    saved = read_arrays(folder, manifest, "optimizer.safetensors")
+    check_arrays(saved, dict(tree_flatten(optimizer.state)),
+                 f"optimizer state in {folder} does not match")
+    optimizer.state = tree_unflatten(list(saved.items()))
+    # the best parameters are known only where the run kept them: model.safetensors beside a newer
+    # latest.safetensors (see save_checkpoint), or the current model when it was the best
+    best = None
+    if config.save == "best" and state.get("resume_from") == "latest.safetensors":
+        best = tree_unflatten(list(read_arrays(folder, manifest, "model.safetensors").items()))
+    elif config.save == "best" and manifest["train"].get("save") == "best" and manifest.get("best"):
+        best = model.parameters()
+    return SavedRun(manifest, config, model, optimizer, state["step"],
+                    mx.array(state["batch_key"], dtype=mx.uint32), metrics, best,
+                    state.get("world_size", 1))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Saving as one unit.
-
-
-def _write_fsynced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(trainer, folder: str | Path) -> Path:
@@ -198,13 +234,13 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
             save_tokenizer(trainer.tokenizer, tmp / TOKENIZER_FILE)
         state = {"step": trainer.step, "batch_key": trainer.batch_key.tolist(), "world_size": trainer.group.size(),
                  "resume_from": resume_from}
-        _write_fsynced(tmp / "state.json", json.dumps(state).encode())
-        _write_fsynced(tmp / "metrics.json", json.dumps(trainer.metrics).encode())
+        write_atomic(tmp / "state.json", json.dumps(state))
+        write_atomic(tmp / "metrics.json", json.dumps(trainer.metrics))
         files = {}
         for path in sorted(tmp.iterdir()):
-            _fsync(path)
+            fsync(path)
             files[path.name] = sha256_of(path)
-        _fsync(tmp)
+        fsync(tmp)
         target = folder / f"step-{trainer.step:06d}"
         for n in range(1, 1000):  # the same step saved twice (a periodic save, then the final one)
             if not target.exists():
@@ -214,10 +250,8 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
         manifest = {"format": FORMAT, "version": VERSION, "step": trainer.step, "folder": target.name,
                     "model": trainer.model.config.to_dict(), "train": trainer.config.to_dict(),
                     "source": trainer.source, "best": best, "files": files}
-        marker_tmp = folder / f".{MARKER}.tmp"
-        _write_fsynced(marker_tmp, json.dumps(manifest, indent=2).encode())
-        os.replace(marker_tmp, folder / MARKER)  # the commit: before it the old checkpoint, after it the new one
-        _fsync(folder)
+        # the commit, one rename: before it the old checkpoint, after it the new one
+        write_atomic(folder / MARKER, json.dumps(manifest, indent=2))
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         what = error.strerror or str(error)

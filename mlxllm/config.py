@@ -1,14 +1,18 @@
-"""The model's configuration: every size and architectural choice, and every rule that ties them together.
+"""The configurations: the model's (``ModelConfig``) and training's (``TrainConfig``).
 
 The layers read their settings from one ``ModelConfig`` (``MultiHeadAttention(config)``,
 ``TransformerBlock(config)``), so each rule below is written once, here, and a bad combination is a
-clear error when the configuration is made, before any layer is built.
+clear error when the configuration is made, before any layer is built. ``TrainConfig`` does the
+same for a training run (Chapter 6).
 """
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-FAMILIES = ("gpt2", "llama")  # the checkpoint families whose names and layouts we read and write
+import mlx.core as mx
+
+# the checkpoint families whose names and layouts we read and write (mlxllm.pretrained.FAMILIES)
+FAMILY_NAMES = ("gpt2", "llama")
 NORMS = ("layernorm", "rmsnorm", "none")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -69,8 +73,8 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "dims", "n_layers", "n_heads"):
-            _check_positive_int(name, getattr(self, name))
-        for name, allowed in (("family", FAMILIES), ("norm", NORMS), ("position", POSITIONS),
+            _check_int(name, getattr(self, name), minimum=1)
+        for name, allowed in (("family", FAMILY_NAMES), ("norm", NORMS), ("position", POSITIONS),
                               ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -79,7 +83,7 @@ class ModelConfig:
             self.n_kv_heads = Derived(self.n_heads)
         if self.ffn_dims is None or isinstance(self.ffn_dims, Derived):
             self.ffn_dims = Derived(default_ffn_dims(self.dims, self.activation))
-        _check_positive_int("ffn_dims", self.ffn_dims)
+        _check_int("ffn_dims", self.ffn_dims, minimum=1)
         if self.dims % self.n_heads:
             raise ValueError(f"dims={self.dims} must be divisible by n_heads={self.n_heads} "
                              "(each head gets dims / n_heads features)")
@@ -150,6 +154,90 @@ class ModelConfig:
         return cls(**values)
 
 
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+# ---------------------------------------------------------------------------------------------------------
+# Training. Built in Chapter 6, Training.
+
+# parameters and activations in float32 or bfloat16, or bfloat16 compute over float32 master weights
+PRECISIONS = ("float32", "bfloat16", "mixed-bfloat16")
+SAVE_POLICIES = ("last", "best")
+
+
+def option(default, help: str, **metadata):
+    """A TrainConfig field with the help text (and choices) of its ``mlxllm train`` option."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class TrainConfig:
+    """Every training choice; defaults are nanoGPT's shakespeare-char recipe at the CPU size.
+    Built in Chapter 6, Training."""
+
+    steps: int = option(2000, "optimizer steps (the cosine schedule ends here)")
+    batch_size: int = option(12, "sequences per micro-batch")
+    context: int | None = option(None, "tokens per training window (default: the model's "
+                                       "context_length)")
+    lr: float = option(1e-3, "peak learning rate, reached after --warmup steps")
+    min_lr: float = option(1e-4, "the cosine decay ends here at --steps")
+    warmup: int = option(100, "linear warmup steps")
+    weight_decay: float = option(0.1, "AdamW decay, on matrices only (not norms, biases, "
+                                      "embeddings)")
+    beta1: float = option(0.9, "AdamW's first-moment decay")
+    beta2: float = option(0.99, "AdamW's second-moment decay")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)")
+    grad_accumulation: int = option(1, "micro-batches averaged per optimizer step")
+    eval_interval: int = option(250, "evaluate every this many steps (and at the end)")
+    eval_batches: int = option(20, "batches per loss estimate")
+    seed: int = option(1337, "model init, batch order and dropout all derive from it (>= 0)")
+    dtype: str = option("float32", "parameters and activations; mixed-bfloat16: bfloat16 compute, "
+                                   "float32 weights and optimizer state", choices=PRECISIONS)
+    checkpoint_every: int = option(0, "save a resumable checkpoint every this many steps "
+                                      "(0: only at the end)")
+    save: str = option("last", "the model kept in the checkpoint: the last, or the best by "
+                               "validation loss", choices=SAVE_POLICIES)
+    patience: int = option(0, "stop after this many evaluations without a better validation loss "
+                              "(0: never)")
+    z_loss: float = option(0.0, "weight of the log Z² penalty (0: off)")
+    val_fraction: float = option(0.1, "the last this fraction of the corpus is validation")
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accumulation", "eval_interval", "eval_batches"):
+            _check_int(name, getattr(self, name), minimum=1)
+        if self.context is not None:
+            _check_int("context", self.context, minimum=1)
+        for name in ("warmup", "checkpoint_every", "seed", "patience"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, "
+                             f"min_lr={self.min_lr}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.z_loss < 0:
+            raise ValueError("weight_decay, grad_clip and z_loss must be >= 0")
+        for name, allowed in (("dtype", PRECISIONS), ("save", SAVE_POLICIES)):
+            if (value := getattr(self, name)) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    @property
+    def parameter_dtype(self) -> mx.Dtype:
+        """The dtype parameters and optimizer state are kept in."""
+        return mx.bfloat16 if self.dtype == "bfloat16" else mx.float32
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields are "
+                             f"{sorted(known)}")
+        return cls(**values)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")

@@ -22,6 +22,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from mlxllm.files import replacing
+
 
 @dataclass(frozen=True)
 class DataFile:
@@ -105,16 +107,11 @@ def _check(path: Path, entry: DataFile, name: str) -> Path:
 def _download(entry: DataFile, name: str, target: Path) -> Path:
     """Download `entry` to `target` atomically; a copy with the wrong checksum is deleted."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as response:
+    with replacing(target) as temporary:
+        with open(temporary, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
-        _check(tmp, entry, name)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        _check(temporary, entry, name)
     return target
 
 
@@ -190,10 +187,8 @@ def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True, corpus
     ids = np.array(encode_text(tokenizer, path.read_text(encoding="utf-8")), dtype=dtype)
     if cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cached.parent, suffix=".npy")  # write, then rename into place
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, ids)
-        os.replace(tmp_name, cached)
+        with replacing(cached) as temporary:
+            np.save(temporary, ids)
     return ids
 
 

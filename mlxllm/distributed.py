@@ -31,7 +31,8 @@ class RanksDisagree(RuntimeError):
 
 
 def world() -> mx.distributed.Group:
-    """The group this process belongs to: the ring (or MPI) group under ``mlx.launch``, else size 1."""
+    """The group this process belongs to: the ring (or MPI) group under ``mlx.launch``,
+    else size 1."""
     return mx.distributed.init()
 
 
@@ -43,18 +44,21 @@ def is_main(group: mx.distributed.Group) -> bool:
 def check_divisible(batch_size: int, group: mx.distributed.Group) -> None:
     """Each rank takes ``batch_size / size`` rows of every global batch: the split must be exact."""
     if batch_size % group.size():
-        raise ValueError(f"batch_size {batch_size} cannot be split evenly over {group.size()} ranks; use a "
-                         f"multiple of {group.size()} (the global batch is shared out, not repeated per rank)")
+        raise ValueError(f"batch_size {batch_size} cannot be split evenly over {group.size()} "
+                         f"ranks; use a multiple of {group.size()} (the global batch is shared "
+                         "out, not repeated per rank)")
 
 
 def shard_rows(batch: mx.array, group: mx.distributed.Group) -> mx.array:
-    """This rank's disjoint slice of the rows (axis -2) of a (..., B, T) global batch → (..., B / size, T)."""
+    """This rank's disjoint slice of the rows (axis -2) of a (..., B, T) global batch
+    → (..., B / size, T)."""
     rows = batch.shape[-2] // group.size()
     return batch[..., group.rank() * rows:(group.rank() + 1) * rows, :]
 
 
 def all_mean(x: mx.array, group: mx.distributed.Group) -> mx.array:
-    """The mean of ``x`` over the ranks (``x`` itself when alone): equal shards make it the global mean."""
+    """The mean of ``x`` over the ranks (``x`` itself when alone): equal shards make it the
+    global mean."""
     return x if group.size() == 1 else mx.distributed.all_sum(x, group=group) / group.size()
 
 
@@ -81,19 +85,22 @@ def check_same_everywhere(digests: dict[str, bytes], group: mx.distributed.Group
         column = everyone[:, 32 * k:32 * (k + 1)]
         if differ := [rank for rank in range(group.size()) if (column[rank] != column[0]).any()]:
             raise RanksDisagree(f"rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} "
-                                f"{'have' if len(differ) > 1 else 'has'} a different {name} than rank 0; every rank "
-                                "must run the same command on the same data, tokenizer and checkpoint")
+                                f"{'have' if len(differ) > 1 else 'has'} a different {name} "
+                                "than rank 0; every rank must run the same command on the same "
+                                "data, tokenizer and checkpoint")
 
 
 def broadcast_from_main(tree, group: mx.distributed.Group):
-    """Rank 0's copy of every array in ``tree``, on every rank (an all-sum where the others add zeros)."""
+    """Rank 0's copy of every array in ``tree``, on every rank (an all-sum where the others
+    add zeros)."""
     if group.size() == 1:
         return tree
     keep = is_main(group)
-    return tree_map(lambda x: mx.distributed.all_sum(x if keep else mx.zeros_like(x), group=group), tree)
+    return tree_map(lambda x: mx.distributed.all_sum(x if keep else mx.zeros_like(x), group=group),
+                    tree)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Trying it on one machine: several ranks over loopback (the tests and the Appendix use this).
 
 
@@ -105,7 +112,8 @@ class LaunchResult:
 
 
 def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free TCP ports on 127.0.0.1 (the ring listens on port, port + 1, ...)."""
+    """The first of ``n`` consecutive free TCP ports on 127.0.0.1 (the ring listens on port,
+    port + 1, ...)."""
     for _ in range(100):
         first = random.randrange(20000, 60000 - n)
         try:
@@ -126,24 +134,30 @@ def launcher() -> Path | None:
 
 
 def launch_local(command: list[str], n: int = 2, timeout: float = 120.0, **popen) -> LaunchResult:
-    """Run ``command`` as ``n`` ranks on this machine: ``mlx.launch -n n --backend ring`` over loopback.
+    """Run ``command`` as ``n`` ranks on this machine: ``mlx.launch -n n --backend ring``
+    over loopback.
 
     mlx.launch (0.32) exits 0 even when a rank fails, so each rank's exit code is read from its log.
     Past ``timeout`` seconds the launcher and every rank are killed and TimeoutError is raised.
     """
     if (script := launcher()) is None:
-        raise FileNotFoundError(f"mlx.launch is neither next to {sys.executable} nor on PATH; install mlx here")
-    args = [str(script), "--verbose", "-n", str(n), "--backend", "ring", "-p", str(free_ports(n)), "--", *command]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True, **popen)
+        raise FileNotFoundError(f"mlx.launch is neither next to {sys.executable} nor on PATH; "
+                                "install mlx here")
+    args = [str(script), "--verbose", "-n", str(n), "--backend", "ring", "-p", str(free_ports(n)),
+            "--", *command]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher and its ranks share a new process group
+        # the launcher and its ranks share a new process group
+        os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        raise TimeoutError(f"{' '.join(command)} on {n} ranks did not finish in {timeout:.0f} s; killed") from None
+        raise TimeoutError(f"{' '.join(command)} on {n} ranks did not finish in {timeout:.0f} s; "
+                           "killed") from None
     codes: list[int | None] = [None] * n
-    for rank, code, killed in re.findall(r"Node with rank (\d+) (?:exited with code (-?\d+)|completed|(was killed))",
+    for rank, code, killed in re.findall(r"Node with rank (\d+) "
+                                         r"(?:exited with code (-?\d+)|completed|(was killed))",
                                          stderr):
         codes[int(rank)] = -9 if killed else int(code or 0)
     return LaunchResult(codes, stdout, stderr)

@@ -1,4 +1,4 @@
-"""Part 2 — Embedding: token ids → T×C vectors, plus where each token sits.
+"""Embedding (Chapter 2): token ids → T×C vectors, plus where each token sits.
 
 Attention by itself is blind to order (permute the tokens and the outputs permute the same way),
 so every model adds positional information in one of three ways:
@@ -20,12 +20,15 @@ from mlxllm.config import ModelConfig
 
 def _check_span(length: int, offset: int, context_length: int) -> None:
     if offset + length > context_length:
-        raise ValueError(f"positions {offset}..{offset + length - 1} are past the table's context_length="
-                         f"{context_length}; use a shorter input or a larger context_length")
+        raise ValueError(f"positions {offset}..{offset + length - 1} are past the table's "
+                         f"context_length={context_length}; use a shorter input or a larger "
+                         "context_length")
 
 
 def sinusoidal_table(context_length: int, dims: int, base: float = 10000.0) -> mx.array:
-    """The (T, C) table PE[t, 2i] = sin(t / base^(2i/C)), PE[t, 2i+1] = cos(same). Built in Chapter 2."""
+    """The (T, C) table PE[t, 2i] = sin(t / base^(2i/C)), PE[t, 2i+1] = cos(same).
+
+    Built in Chapter 2."""
     if dims % 2:
         raise ValueError(f"sinusoidal positions need an even number of dims, got {dims}")
     positions = mx.arange(context_length, dtype=mx.float32)[:, None]  # (T, 1)
@@ -36,7 +39,9 @@ def sinusoidal_table(context_length: int, dims: int, base: float = 10000.0) -> m
 
 
 class LearnedPositions(nn.Module):
-    """A trainable vector per position, added to the token vectors (GPT-2's ``wpe``). Built in Chapter 2."""
+    """A trainable vector per position, added to the token vectors (GPT-2's ``wpe``).
+
+    Built in Chapter 2."""
 
     def __init__(self, context_length: int, dims: int):
         super().__init__()
@@ -48,7 +53,9 @@ class LearnedPositions(nn.Module):
 
 
 class SinusoidalPositions(nn.Module):
-    """The fixed sin/cos encoding; nothing to train, so the table is not a parameter. Built in Chapter 2."""
+    """The fixed sin/cos encoding; nothing to train, so the table is not a parameter.
+
+    Built in Chapter 2."""
 
     def __init__(self, context_length: int, dims: int, base: float = 10000.0):
         super().__init__()
@@ -60,7 +67,8 @@ class SinusoidalPositions(nn.Module):
 
 
 def make_positions(config: ModelConfig) -> nn.Module | None:
-    """The table added to the token vectors: learned, sinusoidal, or None (RoPE acts inside attention).
+    """The table added to the token vectors: learned, sinusoidal, or None (RoPE acts inside
+    attention).
 
     Built in Chapter 2.
     """
@@ -74,8 +82,9 @@ def make_positions(config: ModelConfig) -> nn.Module | None:
 class RoPE(nn.Module):
     """Rotary position embedding of q or k, through ``mx.fast.rope``. Built in Chapter 2.
 
-    Each pair of features is rotated by the angle ``position × base^(-2i/D)``, so the score q·k depends
-    only on the distance between the two positions. Two layouts exist and a checkpoint fixes which one:
+    Each pair of features is rotated by the angle ``position × base^(-2i/D)``, so the score q·k
+    depends only on the distance between the two positions. Two layouts exist and a checkpoint
+    fixes which one:
     ``traditional=True`` rotates adjacent pairs (x0, x1), (x2, x3)… (Meta's LLaMA, RoFormer);
     ``traditional=False`` rotates x[i] with x[i + D/2] ("rotate half", Hugging Face checkpoints).
     """
@@ -83,11 +92,14 @@ class RoPE(nn.Module):
     def __init__(self, head_dim: int, base: float = 10000.0, traditional: bool = False):
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"RoPE rotates pairs of features, so head_dim must be even, got {head_dim}")
+            raise ValueError("RoPE rotates pairs of features, so head_dim must be even, "
+                             f"got {head_dim}")
         self.head_dim = head_dim
         self.base = base
         self.traditional = traditional
 
     def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
-        # x: (B, H, T, D); offset = position of x's first token (non-zero when decoding with a cache)
-        return mx.fast.rope(x, self.head_dim, traditional=self.traditional, base=self.base, scale=1.0, offset=offset)
+        # x: (B, H, T, D); offset = position of x's first token
+        # (non-zero when decoding with a cache)
+        return mx.fast.rope(x, self.head_dim, traditional=self.traditional, base=self.base,
+                            scale=1.0, offset=offset)

@@ -1,24 +1,23 @@
 """LoRA: train a small low-rank update beside each frozen linear layer, y = W x + (α/r)·B A x.
 
-``apply_lora`` wraps the chosen projections (plain ``nn.Linear`` or 4-bit ``nn.QuantizedLinear``: that is
-QLoRA, the base stays packed and gradients reach the adapters through ``mx.quantized_matmul``) and freezes
-everything else; ``merge_lora`` folds the adapters back into dense weights; ``save_adapters`` /
-``load_adapters`` keep only the adapters. Built in Chapter 9, Fine-tuning.
+``apply_lora`` wraps the chosen projections (plain ``nn.Linear`` or 4-bit ``nn.QuantizedLinear``:
+that is QLoRA, the base stays packed and gradients reach the adapters through
+``mx.quantized_matmul``) and freezes everything else; ``merge_lora`` folds the adapters back into
+dense weights; ``save_adapters`` / ``load_adapters`` keep only the adapters. Built in Chapter 9,
+Fine-tuning.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from mlxllm.tokenizer.files import write_atomic
+from mlxllm.files import replacing, write_atomic
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")
@@ -29,16 +28,19 @@ FORMAT = "mlxllm-lora"
 
 
 class LoRALinear(nn.Module):
-    """``base(x) + (x Aᵀ) Bᵀ · α/r`` around a frozen linear layer; B starts at zero. Built in Chapter 9.
+    """``base(x) + (x Aᵀ) Bᵀ · α/r`` around a frozen linear layer; B starts at zero.
+    Built in Chapter 9.
 
-    A: (r, in) drawn like a linear layer's weights, B: (out, r) zeros, so at the start the layer is exactly
-    its base. The base may be ``nn.Linear`` or ``nn.QuantizedLinear`` (QLoRA); it is never modified.
+    A: (r, in) drawn like a linear layer's weights, B: (out, r) zeros, so at the start the layer is
+    exactly its base. The base may be ``nn.Linear`` or ``nn.QuantizedLinear`` (QLoRA); it is never
+    modified.
     """
 
     def __init__(self, base: nn.Module, rank: int = 8, alpha: float = 16.0):
         super().__init__()
         if not isinstance(base, (nn.Linear, nn.QuantizedLinear)):
-            raise ValueError(f"LoRA wraps nn.Linear or nn.QuantizedLinear layers, got {type(base).__name__}")
+            raise ValueError("LoRA wraps nn.Linear or nn.QuantizedLinear layers, "
+                             f"got {type(base).__name__}")
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"the LoRA rank must be a positive integer, got {rank!r}")
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
@@ -52,7 +54,8 @@ class LoRALinear(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         y = self.base(x)  # (..., out)
-        update = (x @ self.lora_a.T) @ self.lora_b.T  # (..., r) → (..., out): 2·r·(in + out) flops per row
+        # (..., r) → (..., out): 2·r·(in + out) flops per row
+        update = (x @ self.lora_a.T) @ self.lora_b.T
         return y + (self.scale * update).astype(y.dtype)
 
     def delta(self) -> mx.array:
@@ -69,29 +72,34 @@ def linear_shape(layer: nn.Module) -> tuple[int, int]:
 def dense_weight(layer: nn.Module) -> mx.array:
     """The (out, in) float weight of a linear layer, dequantized if it is quantized."""
     if isinstance(layer, nn.QuantizedLinear):
-        return mx.dequantize(layer.weight, layer.scales, layer.get("biases"), layer.group_size, layer.bits,
-                             mode=getattr(layer, "mode", "affine"))
+        return mx.dequantize(layer.weight, layer.scales, layer.get("biases"), layer.group_size,
+                             layer.bits, mode=getattr(layer, "mode", "affine"))
     return layer.weight
 
 
 def _targets(targets) -> tuple[str, ...]:
-    names = TARGETS if targets == "all" else (targets,) if isinstance(targets, str) else tuple(targets)
+    names = (TARGETS if targets == "all"
+             else (targets,) if isinstance(targets, str) else tuple(targets))
     if not names or any(n not in TARGETS for n in names):
-        raise ValueError(f"LoRA targets must be 'all' or names among {list(TARGETS)}, got {targets!r}")
+        raise ValueError(f"LoRA targets must be 'all' or names among {list(TARGETS)}, "
+                         f"got {targets!r}")
     return names
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets=("q_proj", "v_proj"),
                layers: int | None = None) -> int:
-    """Freeze ``model`` and wrap the ``targets`` projections of its last ``layers`` blocks (all by default)
-    in ``LoRALinear``; returns the number of trainable parameters. Built in Chapter 9, Fine-tuning."""
+    """Freeze ``model`` and wrap the ``targets`` projections of its last ``layers`` blocks (all by
+    default) in ``LoRALinear``; returns the number of trainable parameters. Built in Chapter 9,
+    Fine-tuning."""
     names = _targets(targets)
     blocks = model.blocks
     if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or
                                not 1 <= layers <= len(blocks)):
-        raise ValueError(f"layers must be between 1 and the model's {len(blocks)} blocks, got {layers!r}")
+        raise ValueError(f"layers must be between 1 and the model's {len(blocks)} blocks, "
+                         f"got {layers!r}")
     if any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
-        raise ValueError("this model already has LoRA adapters; merge_lora it or load a fresh model")
+        raise ValueError("this model already has LoRA adapters; merge_lora it or load a fresh "
+                         "model")
     model.freeze()
     for block in blocks[len(blocks) - (layers or len(blocks)):]:
         for part in (block.attention, block.ffn):
@@ -117,10 +125,11 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def merge_lora(model: nn.Module) -> int:
-    """Replace every ``LoRALinear`` by one ``nn.Linear`` with W + (α/r)·B A; returns how many were merged.
+    """Replace every ``LoRALinear`` by one ``nn.Linear`` with W + (α/r)·B A; returns how many were
+    merged.
 
-    A quantized base is dequantized first and the merged layer stays in float (re-quantizing would round
-    the small update away); the model is unfrozen. Built in Chapter 9, Fine-tuning.
+    A quantized base is dequantized first and the merged layer stays in float (re-quantizing would
+    round the small update away); the model is unfrozen. Built in Chapter 9, Fine-tuning.
     """
     merged, modules = 0, dict(model.named_modules())  # only leaves are replaced: the parents stay
     for path, layer in lora_layers(model):
@@ -143,20 +152,10 @@ def adapter_arrays(model: nn.Module) -> dict[str, mx.array]:
     return {k: v for k, v in tree_flatten(model.parameters()) if k.endswith((".lora_a", ".lora_b"))}
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_adapters(model: nn.Module, path: str | Path, **extra) -> Path:
-    """Write the adapters (``adapters.safetensors``) and their settings (``adapter_config.json``, written
-    last) into the folder ``path``, each file atomically. Built in Chapter 9, Fine-tuning."""
+    """Write the adapters (``adapters.safetensors``) and their settings (``adapter_config.json``,
+    written last) into the folder ``path``, each file atomically. Built in Chapter 9,
+    Fine-tuning."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("this model has no LoRA adapters to save; call apply_lora first")
@@ -167,13 +166,15 @@ def save_adapters(model: nn.Module, path: str | Path, **extra) -> Path:
     config = {"format": FORMAT, "rank": first.rank, "alpha": first.alpha,
               "targets": sorted({p.rsplit(".", 1)[1] for p, _ in layers}, key=TARGETS.index),
               "layers": len(model.blocks) - blocks[0], "n_blocks": len(model.blocks), **extra}
-    _atomic(folder / ADAPTER_WEIGHTS, lambda tmp: mx.save_safetensors(tmp, adapter_arrays(model)))
+    with replacing(folder / ADAPTER_WEIGHTS) as temporary:
+        mx.save_safetensors(str(temporary), adapter_arrays(model))
     write_atomic(folder / ADAPTER_CONFIG, json.dumps(config, indent=2))
     return folder
 
 
 def read_adapter_config(path: str | Path) -> dict:
-    """``adapter_config.json`` of an adapter folder, or a ValueError saying what the folder is instead."""
+    """``adapter_config.json`` of an adapter folder, or a ValueError saying what the folder is
+    instead."""
     file = Path(path) / ADAPTER_CONFIG
     try:
         config = json.loads(file.read_text())
@@ -192,16 +193,17 @@ def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
     Built in Chapter 9, Fine-tuning."""
     config = read_adapter_config(path)
     if config["n_blocks"] != len(model.blocks):
-        raise ValueError(f"the adapters in {path} were trained on a model of {config['n_blocks']} blocks, this "
-                         f"one has {len(model.blocks)}; load them on the model they were trained for")
+        raise ValueError(f"the adapters in {path} were trained on a model of {config['n_blocks']} "
+                         f"blocks, this one has {len(model.blocks)}; load them on the model they "
+                         "were trained for")
     apply_lora(model, config["rank"], config["alpha"], config["targets"], config["layers"])
     weights = mx.load(str(Path(path) / ADAPTER_WEIGHTS))
     expected = adapter_arrays(model)
     for name, array in expected.items():
         if name not in weights or weights[name].shape != array.shape:
             got = "missing" if name not in weights else f"of shape {tuple(weights[name].shape)}"
-            raise ValueError(f"the adapters in {path} do not fit this model: {name} is {got}, expected "
-                             f"{tuple(array.shape)}")
+            raise ValueError(f"the adapters in {path} do not fit this model: {name} is {got}, "
+                             f"expected {tuple(array.shape)}")
     if extra := sorted(set(weights) - set(expected)):
         raise ValueError(f"the adapters in {path} do not fit this model: it has no {extra[0]}")
     model.load_weights(list(weights.items()), strict=False)

@@ -18,11 +18,14 @@ from mlxllm.embedding import LearnedPositions, make_positions
 
 __all__ = ["ModelConfig", "TransformerLM"]
 
-QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)  # what nn.quantize turns Linear and Embedding into
+# what nn.quantize turns Linear and Embedding into
+QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 
 
 class TransformerLM(nn.Module):
-    """A decoder-only language model: ``model(ids)`` → next-token logits (B, T, V). Built in Chapter 5."""
+    """A decoder-only language model: ``model(ids)`` → next-token logits (B, T, V).
+
+    Built in Chapter 5."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -40,10 +43,12 @@ class TransformerLM(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02) everywhere, residual output projections N(0, 0.02/√(2·n_layers)).
+        """GPT-2 initialisation: N(0, 0.02) everywhere, residual output projections
+        N(0, 0.02/√(2·n_layers)).
 
-        Each block adds two branches to the residual stream; shrinking their last projection keeps the
-        stream's variance from growing with depth, and small logits at init give a loss of ≈ ln V.
+        Each block adds two branches to the residual stream; shrinking their last projection keeps
+        the stream's variance from growing with depth, and small logits at init give a loss of
+        ≈ ln V.
         """
         std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():
@@ -54,30 +59,38 @@ class TransformerLM(nn.Module):
                     module.bias = mx.zeros_like(module.bias)
 
     def make_cache(self) -> list[KVCache]:
-        """One empty KV cache per block, for incremental decoding with ``model(ids, cache=cache)``."""
+        """One empty KV cache per block, for incremental decoding with
+        ``model(ids, cache=cache)``."""
         return [KVCache() for _ in self.blocks]
 
-    def __call__(self, ids: mx.array, cache: list[KVCache] | None = None, *, check_ids: bool = True) -> mx.array:
-        """Next-token logits for every position: (B, T) ids → (B, T, V). ``check_ids``: see ``hidden_states``."""
+    def __call__(self, ids: mx.array, cache: list[KVCache] | None = None, *,
+                 check_ids: bool = True) -> mx.array:
+        """Next-token logits for every position: (B, T) ids → (B, T, V). ``check_ids``: see
+        ``hidden_states``."""
         return self.logits(self.hidden_states(ids, cache, check_ids=check_ids))
 
-    def hidden_states(self, ids: mx.array, cache: list[KVCache] | None = None, *, check_ids: bool = True) -> mx.array:
+    def hidden_states(self, ids: mx.array, cache: list[KVCache] | None = None, *,
+                      check_ids: bool = True) -> mx.array:
         """The last T×C vectors (after the final norm), one per position: (B, T) ids → (B, T, C).
 
-        ``check_ids=True`` rejects ids outside [0, vocab_size), which the embedding lookup would silently
-        turn into garbage; it reads the ids' min and max (one small sync per call). ``check_ids=False`` is the
-        fast path for callers whose ids are already known to be in range (the trainer checks its data once).
+        ``check_ids=True`` rejects ids outside [0, vocab_size), which the embedding lookup would
+        silently turn into garbage; it reads the ids' min and max (one small sync per call).
+        ``check_ids=False`` is the fast path for callers whose ids are already known to be in range
+        (the trainer checks its data once).
         Inside ``mx.compile`` the ids cannot be read, so there the check is skipped.
         """
-        if not isinstance(ids, mx.array) or ids.ndim != 2 or not mx.issubdtype(ids.dtype, mx.integer):
-            got = f"{type(ids).__name__} {getattr(ids, 'shape', '')} {getattr(ids, 'dtype', '')}".strip()
-            raise ValueError(f"ids must be an integer mx.array of shape (batch, tokens), got {got}; "
-                             "for one sequence pass mx.array([ids])")
+        if (not isinstance(ids, mx.array) or ids.ndim != 2
+                or not mx.issubdtype(ids.dtype, mx.integer)):
+            got = (f"{type(ids).__name__} {getattr(ids, 'shape', '')} "
+                   f"{getattr(ids, 'dtype', '')}").strip()
+            raise ValueError("ids must be an integer mx.array of shape (batch, tokens), "
+                             f"got {got}; for one sequence pass mx.array([ids])")
         B, T = ids.shape
         offset = 0 if cache is None else cache[0].offset
         if offset + T > self.config.context_length:
-            raise ValueError(f"{offset + T} tokens ({offset} cached + {T} new) exceed context_length="
-                             f"{self.config.context_length}; truncate the input or use a larger model")
+            raise ValueError(f"{offset + T} tokens ({offset} cached + {T} new) exceed "
+                             f"context_length={self.config.context_length}; truncate the input or "
+                             "use a larger model")
         if check_ids:
             self.check_id_range(ids)
         x = self.dropout(self.embed(ids, offset))  # (B, T, C)
@@ -87,7 +100,8 @@ class TransformerLM(nn.Module):
         return self.norm(x)
 
     def embed(self, ids: mx.array, offset: int = 0) -> mx.array:
-        """(B, T) ids → (B, T, C) token vectors, plus the position table's rows from ``offset`` on if any."""
+        """(B, T) ids → (B, T, C) token vectors, plus the position table's rows from ``offset`` on
+        if any."""
         x = self.token_embedding(ids)  # (B, T, C)
         if "position_embedding" in self:
             x = x + self.position_embedding(ids.shape[1], offset)  # (T, C) broadcast over the batch
@@ -105,8 +119,9 @@ class TransformerLM(nn.Module):
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside this model's vocabulary [0, {vocab_size}) "
-                             f"(the ids range from {low} to {high}); encode with the tokenizer the model was "
-                             "trained with, or make the model's vocab_size cover every id")
+                             f"(the ids range from {low} to {high}); encode with the tokenizer "
+                             "the model was trained with, or make the model's vocab_size cover "
+                             "every id")
 
     def logits(self, x: mx.array) -> mx.array:
         """The LM head: (…, C) hidden states → (…, V) scores, one per vocabulary token.
@@ -130,9 +145,11 @@ class TransformerLM(nn.Module):
         and not its per-group scales and offsets.
         """
         total = sum(p.size for _, p in tree_flatten(self.parameters()))
-        for _, module in self.named_modules():  # packed words and group scales → the weights they stand for
+        # packed words and group scales → the weights they stand for
+        for _, module in self.named_modules():
             if isinstance(module, QUANTIZED):
-                total += _logical_size(module) - sum(p.size for _, p in tree_flatten(module.parameters()))
+                total += (_logical_size(module)
+                          - sum(p.size for _, p in tree_flatten(module.parameters())))
         if not include_embeddings:
             total -= _logical_size(self.token_embedding)
             if isinstance(getattr(self, "position_embedding", None), LearnedPositions):
@@ -141,8 +158,10 @@ class TransformerLM(nn.Module):
 
 
 def _logical_size(module: nn.Module) -> int:
-    """Number of parameters a layer stands for; a quantized one packs 32 / bits weights per uint32 word."""
+    """Number of parameters a layer stands for; a quantized one packs 32 / bits weights
+    per uint32 word."""
     if isinstance(module, QUANTIZED):
-        return module.weight.size * 32 // module.bits + (module.bias.size if "bias" in module else 0)
+        return (module.weight.size * 32 // module.bits
+                + (module.bias.size if "bias" in module else 0))
     return sum(p.size for _, p in tree_flatten(module.parameters()))
 

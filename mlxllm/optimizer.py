@@ -7,15 +7,14 @@ names the parts of the model whose update:data ratios the trainer reports. Built
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
-if TYPE_CHECKING:
-    from mlxllm.training import TrainConfig
+from mlxllm.config import TrainConfig
 
 
 def lr_schedule(config: TrainConfig) -> Callable:

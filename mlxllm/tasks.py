@@ -1,4 +1,5 @@
-"""A skill to teach, with exact answers: dates written in words or numbers → ISO 8601 (YYYY-MM-DD).
+"""A skill to teach, with exact answers: dates written in words or numbers
+→ ISO 8601 (YYYY-MM-DD).
 
 Generated offline from a seed, in mlx-lm's chat JSONL; train / valid / test never share a question.
 
@@ -14,8 +15,8 @@ import datetime
 import random
 from pathlib import Path
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December")
 INSTRUCTION = "Write this date in ISO 8601 format (YYYY-MM-DD): "
 
 
@@ -48,13 +49,15 @@ def date_conversation(date: datetime.date, style: int) -> list[dict]:
 
 
 def date_splits(sizes: dict[str, int], seed: int = 0) -> dict[str, list[list[dict]]]:
-    """{split: conversations} for dates in 1900–2099, every question distinct across splits. Chapter 9."""
+    """{split: conversations} for dates in 1900–2099, every question distinct across splits.
+    Chapter 9."""
     rng, seen, splits = random.Random(seed), set(), {}
     start, days = datetime.date(1900, 1, 1).toordinal(), 200 * 365
     for name, size in sizes.items():
         conversations = []
         while len(conversations) < size:
-            date, style = datetime.date.fromordinal(start + rng.randrange(days)), rng.randrange(STYLES)
+            date, style = (datetime.date.fromordinal(start + rng.randrange(days)),
+                           rng.randrange(STYLES))
             if (date, style) not in seen:
                 seen.add((date, style))
                 conversations.append(date_conversation(date, style))
@@ -65,9 +68,11 @@ def date_splits(sizes: dict[str, int], seed: int = 0) -> dict[str, list[list[dic
 def main(argv: list[str] | None = None) -> None:
     from mlxllm.sft import write_jsonl
 
-    parser = argparse.ArgumentParser(prog="python -m mlxllm.tasks", description=__doc__.split("\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("\n", " ")  # the docstring's first paragraph
+    parser = argparse.ArgumentParser(prog="python -m mlxllm.tasks", description=summary)
     parser.add_argument("task", choices=["dates"])
-    parser.add_argument("--out", required=True, help="folder for train.jsonl, valid.jsonl, test.jsonl")
+    parser.add_argument("--out", required=True,
+                        help="folder for train.jsonl, valid.jsonl, test.jsonl")
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--valid", type=int, default=100)
     parser.add_argument("--test", type=int, default=150)
@@ -75,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, conversations in date_splits({"train": args.train, "valid": args.valid, "test": args.test},
-                                           args.seed).items():
+    for name, conversations in date_splits({"train": args.train, "valid": args.valid,
+                                            "test": args.test}, args.seed).items():
         write_jsonl(conversations, out / f"{name}.jsonl")
         print(f"{out / (name + '.jsonl')}: {len(conversations)} conversations")
 

@@ -7,14 +7,18 @@ Owners of other test files may append helpers at the end; float comparisons go t
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from mlxllm.config import ModelConfig
+from mlxllm.config import ModelConfig, TrainConfig
 from mlxllm.model import TransformerLM
+from mlxllm.tokenizer import CharTokenizer
+from mlxllm.tolerances import bound
+from mlxllm.training import Trainer
 
 # tiny sizes (this CPU does ~5 GFLOP/s); context 320 leaves room to decode across a 256-position cache chunk
 GPT2_TINY = dict(vocab_size=97, context_length=320, dims=32, n_layers=2, n_heads=4)
@@ -126,3 +130,81 @@ def model_pair(request, tmp_path_factory):
     theirs, _ = load_model(Path(folder))
     assert type(theirs).__module__ == f"mlx_lm.models.{request.param}"  # really mlx-lm's own architecture code
     return ours, theirs
+
+
+def assert_greedy_tokens_agree(actual: list[int], expected: list[int], expected_logits: list[mx.array],
+                               dtype: mx.Dtype = mx.float32) -> int:
+    """Greedy tokens of two computations through different kernels are equal while the reference's
+    top-2 logits differ by more than the tolerance allows (2 · bound(dtype) · max|logits|).
+
+    At such a near-tie either kernel may pick either token and the continuations part, so the
+    comparison stops there; anywhere else a difference fails. Returns how many tokens were compared
+    (all of them on the CPU in practice). ``expected_logits`` may be any scores the reference took
+    the argmax of (a sampler's perturbed logits, say).
+    """
+    assert len(actual) == len(expected), f"{len(actual)} tokens against {len(expected)}"
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if a != e:
+            row = np.array(expected_logits[i].astype(mx.float32)).reshape(-1)
+            second, first = np.sort(row)[-2:]
+            allowed = 2 * bound(dtype) * float(np.abs(row).max())
+            assert first - second <= allowed, (
+                f"token {i}: {a} != {e} although the reference's top-2 margin {first - second:.3g} "
+                f"exceeds the tolerance {allowed:.3g}")
+            return i
+    return len(actual)
+
+
+def argmax_loop_full_recompute(model: TransformerLM, prompt: list[int],
+                               n: int) -> tuple[list[int], list[mx.array]]:
+    """The reference: a full forward pass per token over the last context_length ids (nanoGPT's
+    sampler). Returns the tokens and the logits each was the argmax of."""
+    ids, logits = list(prompt), []
+    for _ in range(n):
+        logits.append(model(mx.array([ids[-model.config.context_length :]]))[0, -1])
+        ids.append(int(mx.argmax(logits[-1]).item()))
+    return ids[len(prompt) :], logits
+
+
+# --- tiny training runs (test_training.py, test_checkpoint.py, test_pretrained.py) ---
+# 20 characters, 5,000 training and 1,000 validation ids, one block of 32 dims over 16 positions
+
+RUN_TOKENIZER = CharTokenizer("abcdefghijklmnopqrst")
+RUN_IDS = np.random.default_rng(0).integers(0, 20, 6000).astype(np.uint16)
+TRAIN_IDS, VAL_IDS = RUN_IDS[:5000], RUN_IDS[5000:]
+RUN_MODEL = ModelConfig.gpt2(vocab_size=20, context_length=16, dims=32, n_layers=1, n_heads=2,
+                             bias=False)
+
+
+def small_config(**overrides) -> TrainConfig:
+    """12 steps of 4 windows of 16 tokens, evaluated every 5 steps on 2 batches, with overrides."""
+    base = dict(steps=12, batch_size=4, context=16, lr=1e-2, min_lr=1e-3, warmup=3,
+                eval_interval=5, eval_batches=2)
+    return TrainConfig(**{**base, **overrides})
+
+
+def make_trainer(config: TrainConfig | None = None, model: ModelConfig = RUN_MODEL,
+                 tokenizer=RUN_TOKENIZER, **overrides) -> Trainer:
+    """A fresh trainer of ``model`` on TRAIN_IDS / VAL_IDS with ``config`` (default:
+    ``small_config(**overrides)``)."""
+    assert config is None or not overrides, "give a config or overrides of small_config, not both"
+    return Trainer.create(model, config or small_config(**overrides), TRAIN_IDS, VAL_IDS, tokenizer)
+
+
+def parameters(model_or_tree) -> dict[str, np.ndarray]:
+    """{name: numpy copy} of a model's parameters, or of a parameter tree."""
+    tree = model_or_tree.parameters() if hasattr(model_or_tree, "parameters") else model_or_tree
+    return {name: np.array(value) for name, value in tree_flatten(tree)}
+
+
+def parameters_equal(a, b) -> bool:
+    """Whether two models (or parameter trees) hold the same parameters, bit for bit."""
+    a, b = parameters(a), parameters(b)
+    return a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+
+def assert_same(a: dict, b: dict) -> None:
+    """Two ``parameters(...)`` dicts are equal, name by name and bit for bit."""
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name

@@ -7,40 +7,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 
 import mlxllm.checkpoint as checkpoint
 import mlxllm.training as training
-from mlxllm import ModelConfig
 from mlxllm.checkpoint import CheckpointError, is_checkpoint, load_model, run_lock
-from mlxllm.tokenizer import CharTokenizer
 from mlxllm.tolerances import assert_close
-from mlxllm.training import TrainConfig, Trainer, TrainingInterrupted
-
-TOKENIZER = CharTokenizer("abcdefghijklmnopqrst")
-IDS = np.random.default_rng(0).integers(0, 20, 6000).astype(np.uint16)
-TRAIN, VAL = IDS[:5000], IDS[5000:]
-MODEL = ModelConfig.gpt2(vocab_size=20, context_length=16, dims=32, n_layers=1, n_heads=2, bias=False)
-
-
-def small_config(**overrides) -> TrainConfig:
-    base = dict(steps=12, batch_size=4, lr=1e-2, min_lr=1e-3, warmup=3, eval_interval=5, eval_batches=2)
-    return TrainConfig(**{**base, **overrides})
-
-
-def parameters(model_or_tree) -> dict:
-    tree = model_or_tree.parameters() if hasattr(model_or_tree, "parameters") else model_or_tree
-    return {name: np.array(value) for name, value in tree_flatten(tree)}
-
-
-def assert_same(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for name in a:
-        assert np.array_equal(a[name], b[name]), name
+from mlxllm.training import Trainer, TrainingInterrupted
+from conftest import TRAIN_IDS, VAL_IDS, assert_same, make_trainer, parameters, small_config
 
 
 def scripted_val_losses(monkeypatch, val_losses: list[float]):
@@ -55,23 +32,23 @@ def scripted_val_losses(monkeypatch, val_losses: list[float]):
 
 
 def test_a_save_broken_off_by_an_exception_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    trainer = Trainer.create(MODEL, small_config(), TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer()
     trainer.run(until=2, out=tmp_path, progress=False)
     at_step_2 = parameters(trainer.model)
-    real_write = checkpoint._write_fsynced
+    real_write = checkpoint.write_atomic
 
     def fail_on_metrics(path, data):
         if path.name == "metrics.json":
             raise RuntimeError("injected failure in the middle of a save")
         real_write(path, data)
 
-    monkeypatch.setattr(checkpoint, "_write_fsynced", fail_on_metrics)
+    monkeypatch.setattr(checkpoint, "write_atomic", fail_on_metrics)
     with pytest.raises(RuntimeError, match="injected"):
         trainer.run(until=4, out=tmp_path, progress=False)
     assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 2
     model, _ = load_model(tmp_path)  # hashes verified: the step-2 files are whole
     assert_same(parameters(model), at_step_2)
-    monkeypatch.setattr(checkpoint, "_write_fsynced", real_write)
+    monkeypatch.setattr(checkpoint, "write_atomic", real_write)
     trainer.save(tmp_path)  # the next good save cleans up the half-written folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "step-000004"]
 
@@ -79,16 +56,10 @@ def test_a_save_broken_off_by_an_exception_keeps_the_previous_checkpoint(tmp_pat
 def test_a_process_killed_mid_save_leaves_a_loadable_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
-        import numpy as np
-        sys.path.insert(0, {os.getcwd()!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {os.getcwd()!r}]  # tests/conftest.py
         import mlxllm.checkpoint as checkpoint
-        from mlxllm import ModelConfig
-        from mlxllm.tokenizer import CharTokenizer
-        from mlxllm.training import TrainConfig, Trainer
-        ids = np.random.default_rng(0).integers(0, 20, 6000).astype(np.uint16)
-        config = TrainConfig(steps=12, batch_size=4, lr=1e-2, min_lr=1e-3, warmup=3, eval_interval=5, eval_batches=2)
-        model = ModelConfig.gpt2(vocab_size=20, context_length=16, dims=32, n_layers=1, n_heads=2, bias=False)
-        trainer = Trainer.create(model, config, ids[:5000], ids[5000:], CharTokenizer("abcdefghijklmnopqrst"))
+        from conftest import make_trainer
+        trainer = make_trainer()
         trainer.run(until=3, out=sys.argv[1], progress=False)
         real = checkpoint.mx.save_safetensors
         def die_halfway(path, arrays):
@@ -102,14 +73,14 @@ def test_a_process_killed_mid_save_leaves_a_loadable_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 3
-    resumed = Trainer.resume(tmp_path, TRAIN, VAL)
+    resumed = Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS)
     assert resumed.step == 3
     resumed.run(progress=False, out=tmp_path)  # and it continues to the end, over the leftovers
     assert resumed.step == 12 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_damaged_empty_and_missing_files_are_named(tmp_path):
-    Trainer.create(MODEL, small_config(steps=2), TRAIN, VAL, TOKENIZER).run(out=tmp_path, progress=False)
+    make_trainer(steps=2).run(out=tmp_path, progress=False)
     files = tmp_path / "step-000002"
     data = (files / "model.safetensors").read_bytes()
     (files / "model.safetensors").write_bytes(data[:-8] + b"\0" * 8)
@@ -122,11 +93,11 @@ def test_damaged_empty_and_missing_files_are_named(tmp_path):
     state = (files / "state.json").read_bytes()
     (files / "state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"state.json is damaged"):
-        Trainer.resume(tmp_path, TRAIN, VAL)
+        Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS)
     (files / "state.json").write_bytes(state)
     (files / "metrics.json").unlink()
     with pytest.raises(CheckpointError, match=r"metrics.json is missing"):
-        Trainer.resume(tmp_path, TRAIN, VAL)
+        Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS)
     (tmp_path / "checkpoint.json").write_text('{"format": "mlxllm-checkpoint", "step": ')
     with pytest.raises(CheckpointError, match=r"checkpoint.json is corrupt"):
         load_model(tmp_path)
@@ -144,13 +115,13 @@ def test_a_hugging_face_folder_is_not_a_training_checkpoint(tmp_path):
 
 
 def test_a_full_disk_is_one_sentence_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    trainer = Trainer.create(MODEL, small_config(), TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer()
     trainer.run(until=2, out=tmp_path, progress=False)
 
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(checkpoint, "_write_fsynced", full)
+    monkeypatch.setattr(checkpoint, "write_atomic", full)
     with pytest.raises(CheckpointError, match=r"No space left on device\); free some space, then continue with "
                                               r"--resume: the previous checkpoint there is intact"):
         trainer.save(tmp_path)
@@ -160,7 +131,7 @@ def test_a_full_disk_is_one_sentence_and_keeps_the_previous_checkpoint(tmp_path,
 def test_the_best_model_is_kept_and_resume_continues_from_the_latest(tmp_path, monkeypatch):
     scripted_val_losses(monkeypatch, [3.0, 2.0, 2.5, 2.4, 2.6])  # evaluations at steps 0, 5, 10, 12 (+ resume)
     config = small_config(save="best")
-    straight = Trainer.create(MODEL, config, TRAIN, VAL, TOKENIZER)
+    straight = make_trainer(config)
     straight.run(until=5, progress=False)
     at_best = parameters(straight.model)
     straight.run(out=tmp_path, progress=False)
@@ -169,7 +140,7 @@ def test_the_best_model_is_kept_and_resume_continues_from_the_latest(tmp_path, m
     assert "latest.safetensors" in manifest["files"]
     kept, _ = load_model(tmp_path)
     assert_same(parameters(kept), at_best)  # the model to use is the best one
-    resumed = Trainer.resume(tmp_path, TRAIN, VAL, small_config(save="best", steps=14))
+    resumed = Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS, small_config(save="best", steps=14))
     assert resumed.step == 12
     assert_same(parameters(resumed.model), parameters(straight.model))  # training goes on from the latest
     assert_same(parameters(resumed.best_parameters), at_best)
@@ -177,7 +148,7 @@ def test_the_best_model_is_kept_and_resume_continues_from_the_latest(tmp_path, m
 
 def test_last_policy_keeps_the_final_model(tmp_path, monkeypatch):
     scripted_val_losses(monkeypatch, [3.0, 2.0, 2.5, 2.4])
-    trainer = Trainer.create(MODEL, small_config(save="last"), TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer(save="last")
     trainer.run(out=tmp_path, progress=False)
     kept, _ = load_model(tmp_path)
     assert_same(parameters(kept), parameters(trainer.model))
@@ -186,7 +157,7 @@ def test_last_policy_keeps_the_final_model(tmp_path, monkeypatch):
 
 def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path, monkeypatch):
     scripted_val_losses(monkeypatch, [3.0, 2.0, 2.5, 2.6, 1.0])
-    trainer = Trainer.create(MODEL, small_config(steps=30, patience=2), TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer(steps=30, patience=2)
     trainer.run(out=tmp_path, progress=False)
     assert trainer.stopped_early and trainer.step == 15  # evaluations at 10 and 15 did not beat step 5
     assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 15
@@ -194,9 +165,9 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path,
 
 def test_sigint_stops_after_the_step_with_a_resumable_checkpoint(tmp_path, monkeypatch):
     config = small_config()
-    straight = Trainer.create(MODEL, config, TRAIN, VAL, TOKENIZER)
+    straight = make_trainer(config)
     straight.run(progress=False)
-    trainer = Trainer.create(MODEL, config, TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer(config)
     launch = trainer._launch
 
     def launch_then_signal(step):
@@ -210,7 +181,7 @@ def test_sigint_stops_after_the_step_with_a_resumable_checkpoint(tmp_path, monke
     with pytest.raises(TrainingInterrupted, match="SIGINT at step 3; the checkpoint in .* is resumable"):
         trainer.run(out=tmp_path, progress=False)
     assert signal.getsignal(signal.SIGINT) is handler  # the handlers are given back
-    resumed = Trainer.resume(tmp_path, TRAIN, VAL)
+    resumed = Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS)
     assert resumed.step == 3
     resumed.run(progress=False)
     if mx.default_device() == mx.cpu:  # exact where the backend repeats itself (see test_resume_is_exact_...)
@@ -241,7 +212,7 @@ def test_a_folder_in_use_by_a_live_run_is_refused_and_a_stale_lock_is_taken_over
 def test_a_checkpoint_without_a_tokenizer_loads_through_load_pretrained(tmp_path):
     from mlxllm import load_pretrained
 
-    trainer = Trainer.create(MODEL, small_config(steps=2), TRAIN, VAL)  # no tokenizer
+    trainer = make_trainer(steps=2, tokenizer=None)  # no tokenizer
     trainer.run(out=tmp_path, progress=False)
     model, tokenizer = load_pretrained(tmp_path)
     assert tokenizer is None
@@ -249,8 +220,8 @@ def test_a_checkpoint_without_a_tokenizer_loads_through_load_pretrained(tmp_path
 
 
 def test_resuming_a_last_run_with_save_best_does_not_call_the_latest_model_the_best(tmp_path):
-    trainer = Trainer.create(MODEL, small_config(save="last"), TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer(save="last")
     trainer.run(out=tmp_path, progress=False)
-    resumed = Trainer.resume(tmp_path, TRAIN, VAL, small_config(save="best"))
+    resumed = Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS, small_config(save="best"))
     # the "last" run never kept its best parameters: they are unknown, not the final ones
     assert resumed.best_parameters is None

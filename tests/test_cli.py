@@ -148,7 +148,7 @@ def test_a_full_disk_is_one_line_and_exit_2(trained, capsys, monkeypatch):
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(checkpoint, "_write_fsynced", full)
+    monkeypatch.setattr(checkpoint, "write_atomic", full)
     assert main(["train", "--out", str(trained), "--resume", "--steps", "3", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device); free some space, then continue with --resume" in err
@@ -172,7 +172,7 @@ def test_every_train_config_field_is_an_option():
     from dataclasses import fields
 
     from mlxllm.cli import make_parser
-    from mlxllm.training import TrainConfig
+    from mlxllm.config import TrainConfig
 
     options = make_parser()._subparsers._group_actions[0].choices["train"]._option_string_actions
     for f in fields(TrainConfig):

@@ -13,7 +13,7 @@ from conftest import GPT2_TINY, LLAMA_TINY, make_model
 from mlx.utils import tree_flatten
 
 from mlxllm import KVCache, ModelConfig, TransformerLM, cross_entropy
-from mlxllm.config import ACTIVATIONS, FAMILIES, NORMS, POSITIONS
+from mlxllm.config import ACTIVATIONS, FAMILY_NAMES, NORMS, POSITIONS
 from mlxllm.tolerances import assert_close, bound, relative_difference
 
 # --- ModelConfig ---------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ from mlxllm.tolerances import assert_close, bound, relative_difference
         (dict(position="alibi"), ["position='alibi'", f"is not one of {POSITIONS}"]),
         (dict(activation="tanh"), ["activation='tanh'", f"is not one of {ACTIVATIONS}"]),
         (dict(activation="gelu_new"), ["activation='gelu_new'"]),  # Hugging Face's name: the loader maps it
-        (dict(family="gtp2"), ["family='gtp2'", f"is not one of {FAMILIES}"]),
+        (dict(family="gtp2"), ["family='gtp2'", f"is not one of {FAMILY_NAMES}"]),
         (dict(dims=36, n_heads=4, position="rope"), ["head_dim", "9", "even"]),
         (dict(dims=33, n_heads=3, position="sinusoidal"), ["even", "33"]),
         (dict(rope_theta=0.0), ["rope_theta"]),

@@ -8,7 +8,7 @@ import sys
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from conftest import TEXT, randomize, write_hf_tokenizer
+from conftest import TEXT, make_trainer, randomize, write_hf_tokenizer
 from mlx.utils import tree_flatten
 from mlx_lm.models import gpt2 as lm_gpt2
 from mlx_lm.models import llama as lm_llama
@@ -453,16 +453,9 @@ def test_broken_config_json_is_one_clear_sentence_naming_the_file(tmp_path, chan
 
 
 def test_training_checkpoint_folder_is_delegated_to_the_checkpoint_loader(tmp_path):
-    import numpy as np
-
     from mlxllm.checkpoint import load_model
-    from mlxllm.tokenizer import CharTokenizer
-    from mlxllm.training import TrainConfig, Trainer
 
-    ids = np.random.default_rng(0).integers(0, 20, 3000).astype(np.uint16)
-    config = ModelConfig.gpt2(vocab_size=20, context_length=16, dims=32, n_layers=1, n_heads=2)
-    train = TrainConfig(steps=2, batch_size=2, warmup=1, eval_interval=2, eval_batches=1)
-    Trainer.create(config, train, ids[:2500], ids[2500:], CharTokenizer("abcdefghijklmnopqrst")).run(out=tmp_path, progress=False)
+    make_trainer(steps=2, batch_size=2, eval_interval=2, eval_batches=1).run(out=tmp_path, progress=False)
     model, tokenizer = load_pretrained(tmp_path)
     reference, _ = load_model(tmp_path)
     assert tokenizer.decode([0, 1, 2]) == "abc"

@@ -18,9 +18,8 @@ from mlxllm import sft, tasks
 from mlxllm.generation import generate
 from mlxllm.lora import apply_lora
 from mlxllm.model import ModelConfig, TransformerLM
-from mlxllm.prediction import cross_entropy
+from mlxllm.prediction import IGNORE, cross_entropy, masked_cross_entropy
 from mlxllm.tolerances import assert_close
-from mlxllm.training import IGNORE, masked_cross_entropy
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
         {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},

@@ -9,25 +9,16 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlxllm import ModelConfig, TransformerLM, cross_entropy, training
+from mlxllm import ModelConfig, TransformerLM, cross_entropy, prediction, training
 from mlxllm.checkpoint import load_model, load_model_weights
+from mlxllm.config import TrainConfig
 from mlxllm.data import get_batch, sha256_of
 from mlxllm.tolerances import assert_close, bound, relative_difference
 from mlxllm.optimizer import lr_schedule, make_optimizer
 from mlxllm.presets import PRESETS
-from mlxllm.tokenizer import CharTokenizer
-from mlxllm.training import TrainConfig, Trainer, TrainingDiverged
-from conftest import randomize
-
-TOKENIZER = CharTokenizer("abcdefghijklmnopqrst")
-IDS = np.random.default_rng(0).integers(0, 20, 6000).astype(np.uint16)
-TRAIN, VAL = IDS[:5000], IDS[5000:]
-MODEL = ModelConfig.gpt2(vocab_size=20, context_length=16, dims=32, n_layers=1, n_heads=2, bias=False)
-
-
-def small_config(**overrides) -> TrainConfig:
-    base = dict(steps=12, batch_size=4, context=16, lr=1e-2, min_lr=1e-3, warmup=3, eval_interval=5, eval_batches=2)
-    return TrainConfig(**{**base, **overrides})
+from mlxllm.training import Trainer, TrainingDiverged
+from conftest import (RUN_MODEL, RUN_TOKENIZER, TRAIN_IDS, VAL_IDS, make_trainer, parameters_equal,
+                      randomize, small_config)
 
 
 def test_schedule_warms_up_then_follows_a_half_cosine():
@@ -56,11 +47,11 @@ def test_weight_decay_shrinks_matrices_only():
 
 
 def test_gradient_norm_is_measured_before_clipping_and_clipping_bounds_the_step():
-    trainer = Trainer.create(MODEL, small_config(grad_clip=1e-3, lr=1e-2, warmup=0), TRAIN, VAL)
-    model_copy = TransformerLM(MODEL)
+    trainer = make_trainer(grad_clip=1e-3, lr=1e-2, warmup=0)
+    model_copy = TransformerLM(RUN_MODEL)
     model_copy.update(trainer.model.parameters())
     _, batch_key, _ = mx.random.split(trainer.batch_key, 3)  # the key the first batch will be drawn from
-    inputs, targets = get_batch(mx.array(TRAIN.astype(np.int32)), 4, 16, batch_key)
+    inputs, targets = get_batch(mx.array(TRAIN_IDS.astype(np.int32)), 4, 16, batch_key)
     loss, grads = nn.value_and_grad(model_copy, lambda m, x, y: cross_entropy(m(x), y))(model_copy, inputs, targets)
     norm = math.sqrt(sum((g.astype(mx.float32) ** 2).sum().item() for _, g in tree_flatten(grads)))
     assert trainer.train_step() == pytest.approx(loss.item(), rel=1e-5)
@@ -69,7 +60,7 @@ def test_gradient_norm_is_measured_before_clipping_and_clipping_bounds_the_step(
 
 
 def test_memory_stays_flat_over_fifty_steps():
-    trainer = Trainer.create(MODEL, small_config(steps=60), TRAIN, VAL)
+    trainer = make_trainer(steps=60)
     for _ in range(10):
         trainer.train_step()
     baseline = mx.get_active_memory()
@@ -79,10 +70,6 @@ def test_memory_stays_flat_over_fifty_steps():
     assert growth < 256 * 1024, f"{growth:,} bytes more after 50 steps"  # no graph or buffers pile up
 
 
-def parameters_equal(a: nn.Module, b: nn.Module) -> bool:
-    return all(mx.array_equal(x, y) for (_, x), (_, y) in zip(tree_flatten(a.parameters()), tree_flatten(b.parameters())))
-
-
 def test_resume_is_exact_with_dropout_and_accumulation(tmp_path):
     """Bit for bit wherever the backend repeats one computation exactly (CPU; Metal). MLX's CUDA backend does not:
     its scatter-adds (the embedding gradient) use atomics, so two uninterrupted runs already differ in the last
@@ -90,14 +77,14 @@ def test_resume_is_exact_with_dropout_and_accumulation(tmp_path):
     resumed run must be as close to the uninterrupted one as a second uninterrupted run is."""
     model = ModelConfig.gpt2(vocab_size=20, context_length=16, dims=32, n_layers=1, n_heads=2, dropout=0.1)
     config = small_config(grad_accumulation=2)
-    straight = Trainer.create(model, config, TRAIN, VAL, TOKENIZER)
+    straight = make_trainer(config, model)
     straight.run(progress=False)
-    again = Trainer.create(model, config, TRAIN, VAL, TOKENIZER)
+    again = make_trainer(config, model)
     again.run(progress=False)
-    first_half = Trainer.create(model, config, TRAIN, VAL, TOKENIZER)
+    first_half = make_trainer(config, model)
     first_half.run(until=6, out=tmp_path / "ckpt", progress=False)
     mx.random.seed(12345)  # a different global random state must not matter
-    resumed = Trainer.resume(tmp_path / "ckpt", TRAIN, VAL)
+    resumed = Trainer.resume(tmp_path / "ckpt", TRAIN_IDS, VAL_IDS)
     assert resumed.step == 6
     resumed.run(progress=False)
     deterministic = again.metrics["loss"] == straight.metrics["loss"] and parameters_equal(again.model, straight.model)
@@ -116,7 +103,7 @@ def test_resume_is_exact_with_dropout_and_accumulation(tmp_path):
 
 
 def test_checkpoint_files_and_identical_logits(tmp_path):
-    trainer = Trainer.create(MODEL, small_config(), TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer()
     trainer.run(out=tmp_path, progress=False)
     assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.json", "step-000012"}
     step_folder = tmp_path / "step-000012"
@@ -131,13 +118,13 @@ def test_checkpoint_files_and_identical_logits(tmp_path):
     assert metrics["eval"]["step"] == [0, 5, 10, 12] and metrics["update_ratio"]["step"] == [10]
     assert all(0 < r < 1 for group in ("attention", "ffn", "norm", "embedding") for r in metrics["update_ratio"][group])
     model, tokenizer = load_model(tmp_path)
-    ids = mx.array([TOKENIZER.encode("abcdefg")])
+    ids = mx.array([RUN_TOKENIZER.encode("abcdefg")])
     trainer.model.eval()
-    assert mx.array_equal(model(ids), trainer.model(ids)) and tokenizer.chars == TOKENIZER.chars
+    assert mx.array_equal(model(ids), trainer.model(ids)) and tokenizer.chars == RUN_TOKENIZER.chars
 
 
 def test_mismatched_checkpoint_names_the_first_difference(tmp_path):
-    Trainer.create(MODEL, small_config(steps=1), TRAIN, VAL, TOKENIZER).run(out=tmp_path, progress=False)
+    make_trainer(steps=1).run(out=tmp_path, progress=False)
     wider = TransformerLM(ModelConfig.gpt2(vocab_size=20, context_length=16, dims=64, n_layers=1, n_heads=2, bias=False))
     with pytest.raises(ValueError, match="dims is 32 in the checkpoint but 64 here"):
         load_model_weights(wider, tmp_path)
@@ -148,15 +135,15 @@ def test_mismatched_checkpoint_names_the_first_difference(tmp_path):
     manifest["files"]["model.safetensors"] = sha256_of(weights)
     (tmp_path / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"token_embedding.weight has shape \(20, 64\) in the checkpoint but \(20, 32\)"):
-        load_model_weights(TransformerLM(MODEL), tmp_path)
+        load_model_weights(TransformerLM(RUN_MODEL), tmp_path)
     with pytest.raises(ValueError, match="is not a checkpoint folder"):
-        Trainer.resume(tmp_path / "missing", TRAIN, VAL)
+        Trainer.resume(tmp_path / "missing", TRAIN_IDS, VAL_IDS)
     with pytest.raises(ValueError, match="another training config: batch_size is 4 in the checkpoint but 8 here"):
-        Trainer.resume(tmp_path, TRAIN, VAL, config=small_config(batch_size=8))
+        Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS, config=small_config(batch_size=8))
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-    trainer = Trainer.create(MODEL, small_config(checkpoint_every=2), TRAIN, VAL, TOKENIZER)
+    trainer = make_trainer(checkpoint_every=2)
     trainer.run(until=2, out=tmp_path, progress=False)
     trainer.model.norm.weight = mx.full(trainer.model.norm.weight.shape, mx.nan)  # poison the model
     with pytest.raises(TrainingDiverged, match="loss became nan at step 3.*last good checkpoint was kept"):
@@ -167,7 +154,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_bfloat16_training_runs():
-    trainer = Trainer.create(MODEL, small_config(dtype="bfloat16", steps=3), TRAIN, VAL)
+    trainer = make_trainer(dtype="bfloat16", steps=3)
     trainer.run(progress=False)
     assert trainer.model.blocks[0].ffn.up_proj.weight.dtype == mx.bfloat16
     assert all(math.isfinite(x) for x in trainer.metrics["loss"])
@@ -216,21 +203,21 @@ def test_prepare_run_builds_the_preset_on_the_corpus(tmp_path, monkeypatch):
 
 def test_training_windows_longer_than_the_model_are_refused():
     with pytest.raises(ValueError, match="context 32 is longer than the model's context_length 16"):
-        Trainer.create(MODEL, small_config(context=32), TRAIN, VAL)
+        make_trainer(context=32)
 
 
 def test_ids_outside_the_vocabulary_are_refused_once_up_front():
-    bad = TRAIN.copy()
+    bad = TRAIN_IDS.copy()
     bad[100] = 20
     with pytest.raises(ValueError, match="the training ids go up to 20 but the model's vocabulary has 20 tokens"):
-        Trainer.create(MODEL, small_config(), bad, VAL)
+        Trainer.create(RUN_MODEL, small_config(), bad, VAL_IDS)
 
 
 def test_mixed_bfloat16_computes_in_bfloat16_over_float32_weights():
     from mlxllm.tolerances import assert_close
 
-    mixed = Trainer.create(MODEL, small_config(dtype="mixed-bfloat16", steps=3), TRAIN, VAL)
-    full = Trainer.create(MODEL, small_config(steps=3), TRAIN, VAL)
+    mixed = make_trainer(dtype="mixed-bfloat16", steps=3)
+    full = make_trainer(steps=3)
     mixed_losses = [mixed.train_step() for _ in range(3)]
     full_losses = [full.train_step() for _ in range(3)]
     assert mixed_losses[0] != full_losses[0]  # the forward pass really ran in bfloat16 ...
@@ -247,22 +234,22 @@ def test_loss_estimate_joins_batches_but_keeps_each_batch_mean(monkeypatch, rows
     # masked mean over a joined pass differs by ~6e-4 (TF32's bound would let that through)
     with mx.stream(mx.cpu):
         mx.random.seed(0)
-        model = randomize(TransformerLM(MODEL))  # O(1) weights: per-token losses far apart, so weighting shows
+        model = randomize(TransformerLM(RUN_MODEL))  # O(1) weights: per-token losses far apart, so weighting shows
         model.train()
         config = small_config(eval_batches=5)
-        ids = mx.array(VAL.astype(np.int32))
+        ids = mx.array(VAL_IDS.astype(np.int32))
         if rows:  # (N, 2, T) rows whose first targets are ignored in every other row
-            windows = np.lib.stride_tricks.sliding_window_view(VAL.astype(np.int32), 17)[:200:7]  # (29, 17)
+            windows = np.lib.stride_tricks.sliding_window_view(VAL_IDS.astype(np.int32), 17)[:200:7]  # (29, 17)
             targets = windows[:, 1:].copy()
             for n, row in enumerate(targets):
-                row[:15 * (n % 2)] = training.IGNORE  # one kept target in every other row
+                row[:15 * (n % 2)] = prediction.IGNORE  # one kept target in every other row
             ids = mx.array(np.stack([windows[:, :-1], targets], axis=1))
         key = mx.random.key(3)
         model.eval()
         one_by_one = []
         for k in mx.random.split(key, 5):
             x, y = training.get_rows(ids, 4, k) if rows else get_batch(ids, 4, 16, k)
-            one_by_one.append(training.token_loss(rows)(model(x), y).item())
+            one_by_one.append(prediction.token_loss(rows)(model(x), y).item())
         model.train()
         passes = []
         forward = TransformerLM.__call__

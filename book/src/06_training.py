@@ -692,18 +692,11 @@ print("FULL_RUN =", FULL_RUN)
 # weights and AdamW state). A first run on a fresh machine also pays for MLX's CUDA
 # backend compiling its kernels, which it then caches; the file records that too.
 #
-# That first run waited minutes before its first step: the compiled step fuses into some
-# 30 kernels, and NVRTC builds each in seconds, one after another. `mlxllm train` now
-# builds them in two background processes (`mlxllm.kernels`: one runs the whole step,
-# the other its end, the optimizer update, whose kernels the first would build last)
-# while the trainer takes the same steps uncompiled, about half as fast; then their
-# kernels move into MLX's cache and the trainer switches to the compiled step. The
-# uncompiled step computes the same numbers from the same random draws (a test compares
-# the two), and a marker in the cache makes later runs compiled from their first step.
-# On an H100 (2026-12-06, `benchmarks/bench_recipe.py`) the whole command took 217 s
-# on a fresh machine with the first step waiting, 156 s with the background build, and
-# 126 s once the kernels were cached; the best validation loss was 1.456 to 1.469 in
-# all three runs.
+# That first run waits before its first step: the compiled step fuses into some 30
+# kernels, and NVRTC builds each in seconds, one after another. MLX keeps them on disk,
+# so this happens once per machine (Metal and the CPU build theirs in milliseconds). On
+# an H100 (2026-12-06, `benchmarks/bench_recipe.py`) the whole command took 217 s on a
+# fresh machine and 126 s once the kernels were cached.
 
 # %%
 recorded = json.loads(Path("results/shakespeare_char_2026-11-29_h200.json").read_text())

@@ -90,17 +90,18 @@ class DecodeEngine:
         if request.max_new_tokens == 0:
             return
         model, key, stream = self.model, request.key, generation_stream()
-        step, context_length = self.step(request), model.config.context_length
-        cache = model.make_cache()
-        with mx.stream(stream):  # the first token as the core makes it, then the joined buffers
+        context_length, cache = model.config.context_length, model.make_cache()
+        with mx.stream(stream):  # the prompt and the first token as the core makes them
             token, key = next_token(model, prefill(model, request.prompt, cache), cache, request, key)
-            capacity = min(context_length, len(request.prompt) + request.max_new_tokens)
-            joined = [JoinedCache(layer_cache, capacity) for layer_cache in cache]
-        history = list(request.prompt)
+        history, step, joined = list(request.prompt), None, None
 
         def following(token: mx.array) -> mx.array:
-            nonlocal key
+            nonlocal key, step, joined
             with mx.stream(stream):
+                if joined is None:  # the second token: the stages, and the buffers filled once
+                    step = self.step(request)
+                    capacity = min(context_length, len(request.prompt) + request.max_new_tokens)
+                    joined = [JoinedCache(layer_cache, capacity) for layer_cache in cache]
                 if joined[0].offset < context_length:
                     token, key = step(token, joined, key)
                 else:  # the window is full: slide it, as the core does

@@ -8,7 +8,6 @@ and name table), and the checked tensors into a fresh model (``build_model``, sh
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -19,10 +18,12 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.config import ModelConfig
+from mlxllm.files import replace_file
 from mlxllm.model import QUANTIZED, TransformerLM
 from mlxllm.pretrained.families import FAMILIES, family_for_model_type, rename
 
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+# config.json's torch_dtype names (also load_pretrained's dtype=) → MLX dtypes
+TORCH_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
              "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja"]
 INDEX = "model.safetensors.index.json"
@@ -226,11 +227,12 @@ def checkpoint_folder(path_or_repo_id: str | Path) -> Path:
 
 def dtype_of(dtype: mx.Dtype | str | None) -> mx.Dtype | None:
     """None, an mx.Dtype, or its name ("float32", "float16", "bfloat16") → None or an mx.Dtype."""
-    if dtype is None or dtype in DTYPES.values():
+    if dtype is None or dtype in TORCH_DTYPES.values():
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be None (keep the checkpoint's), one of {tuple(DTYPES)} or the mx.Dtype, got {dtype!r}")
-    return DTYPES[dtype]
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype must be None (keep the checkpoint's), one of {tuple(TORCH_DTYPES)} "
+                         f"or the mx.Dtype, got {dtype!r}")
+    return TORCH_DTYPES[dtype]
 
 
 def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> TransformerLM:
@@ -285,7 +287,7 @@ def write_hf_folder(model: TransformerLM, tokenizer, path: str | Path) -> Path:
                 pass  # a damaged index: remove it; shards it names outside the folder are never touched
         (folder / INDEX).unlink(missing_ok=True)  # first: without it, model.safetensors is what loads
         for new in staging.iterdir():
-            os.replace(new, folder / new.name)
+            replace_file(new, folder / new.name)
         for old in stale:
             if old.name != "model.safetensors":
                 old.unlink(missing_ok=True)

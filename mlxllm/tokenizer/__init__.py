@@ -5,7 +5,8 @@
 - `bpe.py`: the `Tokenizer` (encode, decode, special tokens, introspection)
 - `files.py`: our save format, GPT-2's files, tiktoken rank files
 - `char.py`: the character-level `CharTokenizer`; `base.py`: `TokenizerProtocol`, what both offer
-- `hf.py`: Hugging Face tokenizer.json / folders; `gguf.py`: a GGUF file's tokenizer; `chat.py`: chat templates
+- `hf.py`: Hugging Face tokenizer.json / folders; `gguf.py`: a GGUF file's tokenizer;
+  `chat.py`: chat templates
 """
 
 import json
@@ -37,12 +38,14 @@ def save_tokenizer(tokenizer: TokenizerProtocol, path: str | Path) -> None:
     Built in Chapter 6, Training. `load_tokenizer` reads it back.
     """
     if not isinstance(tokenizer, (Tokenizer, CharTokenizer)):
-        raise ValueError(f"save_tokenizer writes a Tokenizer or a CharTokenizer, got {type(tokenizer).__name__}")
+        raise ValueError("save_tokenizer writes a Tokenizer or a CharTokenizer, "
+                         f"got {type(tokenizer).__name__}")
     tokenizer.save(path)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer | CharTokenizer:
-    """A tokenizer from our BPE file, our character file, a tokenizer.json or a Hugging Face folder (sniffed).
+    """A tokenizer from our BPE file, our character file, a tokenizer.json or a Hugging Face
+    folder (sniffed).
 
     Built in Chapter 6, Training. Anything else -> ValueError naming the file.
     """
@@ -62,12 +65,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer | CharTokenizer:
         try:
             kind = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not a tokenizer file: it starts like JSON but is not ({error})") from None
+            raise ValueError(f"{path} is not a tokenizer file: it starts like JSON but is not "
+                             f"({error})") from None
         if isinstance(kind, dict) and kind.get("type") == "char":
             return CharTokenizer.load(path)
         if isinstance(kind, dict) and "model" in kind:
             from .hf import tokenizer_from_spec
 
             return tokenizer_from_spec(kind, path)
-    raise ValueError(f"{path} is not a tokenizer file: expected our BPE format ({MAGIC!r}), a character "
-                     "tokenizer ({\"type\": \"char\"}), a tokenizer.json or a Hugging Face folder")
+    raise ValueError(f"{path} is not a tokenizer file: expected our BPE format ({MAGIC!r}), "
+                     "a character tokenizer ({\"type\": \"char\"}), a tokenizer.json or a "
+                     "Hugging Face folder")

@@ -1,4 +1,5 @@
-"""What every tokenizer offers: the surface that training, checkpoints, generation and the CLI rely on.
+"""What every tokenizer offers: the surface that training, checkpoints, generation and
+the CLI rely on.
 
 Built in Chapter 1, Tokenization. Both `Tokenizer` (byte-level BPE) and `CharTokenizer` satisfy it,
 which `isinstance(tokenizer, TokenizerProtocol)` checks (the names, not the signatures).
@@ -11,7 +12,9 @@ from typing import Protocol, runtime_checkable
 
 @runtime_checkable
 class TokenizerProtocol(Protocol):
-    """text <-> ids, special tokens, end-of-sequence ids, a chat template and a file. Built in Chapter 1, Tokenization."""
+    """text <-> ids, special tokens, end-of-sequence ids, a chat template and a file.
+
+    Built in Chapter 1, Tokenization."""
 
     special_tokens: dict[str, int]  # special-token text -> id (empty for a character tokenizer)
     eos_token_ids: list[int]  # ids that end a generated answer (may be empty)
@@ -26,6 +29,7 @@ class TokenizerProtocol(Protocol):
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
+    def apply_chat_template(self, messages: list[dict],
+                            add_generation_prompt: bool = True) -> str: ...
 
     def save(self, path: str | Path) -> None: ...

@@ -20,7 +20,8 @@ _ITERABLE_BLOCK = 1 << 16  # characters encode_iterable gathers before it looks 
 
 
 class _ChunkCache(dict):
-    """chunk (str) -> token ids; a miss runs BPE on the chunk and remembers the answer (short chunks only)."""
+    """chunk (str) -> token ids; a miss runs BPE on the chunk and remembers the answer
+    (short chunks only)."""
 
     def __init__(self, encode_chunk):
         super().__init__()
@@ -71,7 +72,8 @@ class Tokenizer:
         self._vocab = _build_vocab(byte_ids, self._merge_ids, special_tokens, self._extra_tokens)
         self._eos_token_ids = _check_eos(eos_token_ids, self._vocab)
         if chat_template is not None and not isinstance(chat_template, str):
-            raise ValueError(f"chat_template must be a str (a Jinja template) or None, got {type(chat_template).__name__}")
+            raise ValueError("chat_template must be a str (a Jinja template) or None, "
+                             f"got {type(chat_template).__name__}")
         for name, token in (("bos_token", bos_token), ("eos_token", eos_token)):
             if token is not None and not isinstance(token, str):
                 raise ValueError(f"{name} must be a str or None, got {token!r}")
@@ -88,7 +90,8 @@ class Tokenizer:
         self._merged = [chr(new) for _, _, new in self._merge_ids]
         identity = byte_ids == list(range(256))
         # str.translate deletes the characters mapped to None: a byte the vocab lacks is dropped
-        self._byte_table = None if identity else {b: token_id for b, token_id in enumerate(byte_ids)}
+        self._byte_table = (None if identity
+                            else {b: token_id for b, token_id in enumerate(byte_ids)})
         self._cache = _ChunkCache(self._encode_chunk)
 
         longest_first = sorted(special_tokens, key=len, reverse=True)
@@ -253,7 +256,8 @@ class Tokenizer:
         cut = start
         segment = text[start:stop]  # encode() splits this segment on its own
         splitter = self._splitter
-        compiled = splitter.ascii if splitter.ascii is not None and segment.isascii() else splitter.compiled
+        compiled = (splitter.ascii if splitter.ascii is not None and segment.isascii()
+                    else splitter.compiled)
         for found in compiled.finditer(segment):
             position = found.start()
             if start + position > limit:
@@ -280,7 +284,8 @@ class Tokenizer:
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Token ids -> text; byte sequences that are not valid UTF-8 become U+FFFD (as tiktoken)."""
+        """Token ids -> text; byte sequences that are not valid UTF-8 become U+FFFD
+        (as tiktoken)."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------------ introspection
@@ -339,8 +344,10 @@ class Tokenizer:
         """The end-of-sequence token's text, as chat templates see it (None if unknown)."""
         return self._eos_token
 
-    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        """A conversation ([{"role": ..., "content": ...}]) as the prompt text the model was tuned on.
+    def apply_chat_template(self, messages: Sequence[dict],
+                            add_generation_prompt: bool = True) -> str:
+        """A conversation ([{"role": ..., "content": ...}]) as the prompt text the model was
+        tuned on.
 
         Renders the model's own template as transformers does; encode the result with
         allowed_special="all". ValueError if there is no template or the messages are malformed.
@@ -363,15 +370,17 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
-        """Write one human-readable, versioned text file with a checksum (see `files.py`), atomically."""
+        """Write one human-readable, versioned text file with a checksum (see `files.py`),
+        atomically."""
         settings = {"eos_token_ids": self._eos_token_ids, "chat_template": self._chat_template,
                     "bos_token": self._bos_token, "eos_token": self._eos_token}
-        files.write_tokenizer(path, self.pattern, self._byte_ids, self._merge_ids, self._special_tokens,
-                              self._extra_tokens, settings, self._vocab)
+        files.write_tokenizer(path, self.pattern, self._byte_ids, self._merge_ids,
+                              self._special_tokens, self._extra_tokens, settings, self._vocab)
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
-        """Read a file written by `save`; a truncated, corrupt, damaged or foreign file -> ValueError."""
+        """Read a file written by `save`; a truncated, corrupt, damaged or foreign file
+        -> ValueError."""
         fields = files.read_tokenizer(path)
         try:
             return cls(**fields)
@@ -379,8 +388,10 @@ class Tokenizer:
             raise ValueError(f"{path}: {error}") from None
 
     def dump_vocab(self, path: str | Path | None = None) -> str:
-        """Every token on a line (id, text, and the two tokens it merges); written to `path` if given."""
-        text = files.vocab_listing(self._byte_ids, self._merge_ids, self._special_tokens, self._extra_tokens, self._vocab)
+        """Every token on a line (id, text, and the two tokens it merges); written to
+        `path` if given."""
+        text = files.vocab_listing(self._byte_ids, self._merge_ids, self._special_tokens,
+                                   self._extra_tokens, self._vocab)
         if path is not None:
             files.write_atomic(path, text)
         return text
@@ -393,7 +404,8 @@ class Tokenizer:
         """
         byte_ids, merges, special_tokens = files.read_gpt2_files(encoder_json, vocab_bpe)
         try:
-            return cls(merges, pattern=GPT2_SPLIT_PATTERN, special_tokens=special_tokens, byte_ids=byte_ids)
+            return cls(merges, pattern=GPT2_SPLIT_PATTERN, special_tokens=special_tokens,
+                       byte_ids=byte_ids)
         except ValueError as error:
             raise ValueError(f"{encoder_json}, {vocab_bpe}: {error}") from None
 
@@ -430,7 +442,8 @@ def recover_merges(ranks: dict[bytes, int], source: str = "ranks") -> tuple[list
         symbols = token.decode("latin-1").translate(byte_table)
         parts = apply_merges(symbols, pair_ranks, merged)
         if len(parts) != 2:
-            raise ValueError(f"{source}: token {token!r} (rank {rank}) is not a merge of two tokens")
+            raise ValueError(f"{source}: token {token!r} (rank {rank}) is not a merge of two "
+                             "tokens")
         pair_ranks[parts] = len(merges)
         merged.append(chr(rank))
         merges.append((ord(parts[0]), ord(parts[1]), rank))
@@ -441,8 +454,8 @@ def _build_vocab(byte_ids, merges, special_tokens, extra_tokens) -> dict[int, by
     """id -> bytes, checking that ids are distinct and that every merge uses known tokens."""
     present = [token_id for token_id in byte_ids if token_id is not None]
     if len(byte_ids) != 256 or len(set(present)) != len(present):
-        raise ValueError("byte_ids must give 256 entries, one per byte value: distinct ids (None for a byte "
-                         "the vocab lacks)")
+        raise ValueError("byte_ids must give 256 entries, one per byte value: distinct ids "
+                         "(None for a byte the vocab lacks)")
     vocab: dict[int, bytes] = {}
     for b, token_id in enumerate(byte_ids):
         if token_id is not None:
@@ -479,10 +492,12 @@ def _check_eos(eos_token_ids, vocab) -> list[int]:
 
 
 def _as_id(value) -> int:
-    """An int token id from an int-like value (numpy ints); ValueError for floats, bools and the rest."""
+    """An int token id from an int-like value (numpy ints); ValueError for floats,
+    bools and the rest."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise ValueError(f"unknown token id {value!r}: token ids must be ints, not {type(value).__name__} "
-                         "(cast them with int() if they are whole numbers)")
+        raise ValueError(f"unknown token id {value!r}: token ids must be ints, "
+                         f"not {type(value).__name__} (cast them with int() if they are whole "
+                         "numbers)")
     return value.__index__()
 
 

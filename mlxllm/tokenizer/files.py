@@ -27,8 +27,9 @@ import codecs
 import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from mlxllm.files import write_atomic
 
 MAGIC = "mlxllm-tokenizer"
 VERSION = 2
@@ -48,17 +49,6 @@ def show(token: bytes) -> str:
     """A token for people: its UTF-8 text with control characters escaped (bad bytes as \\xNN)."""
     text = token.decode("utf-8", errors="backslashreplace")
     return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
-
-
-def write_atomic(path, text: str) -> None:
-    """Write UTF-8 text to a temporary file next to `path`, then rename it over `path`: no half-written file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8", newline="\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def checksum(text: str) -> str:

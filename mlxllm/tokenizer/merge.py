@@ -43,12 +43,14 @@ def apply_merges(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
 
 
 def apply_merges_heap(symbols: str, ranks: dict[str, int], merged: list[str]) -> str:
-    """The same result as `apply_merges`, in near-linear time for long chunks (tiktoken's large-piece idea).
+    """The same result as `apply_merges`, in near-linear time for long chunks (tiktoken's
+    large-piece idea).
 
-    The lowest-ranked pair is always merged everywhere it occurs before any other (a pair that contains
-    the new token was learned later, so it ranks higher). So a min-heap of ranks picks the next merge, and
-    `buckets[rank]` lists the positions where that pair was seen; they are merged left to right. The
-    symbols form a linked list; a position whose pair changed since it was listed is stale and skipped.
+    The lowest-ranked pair is always merged everywhere it occurs before any other (a pair that
+    contains the new token was learned later, so it ranks higher). So a min-heap of ranks picks
+    the next merge, and `buckets[rank]` lists the positions where that pair was seen; they are
+    merged left to right. The symbols form a linked list; a position whose pair changed since it
+    was listed is stale and skipped.
     """
     n = len(symbols)
     parts = list(symbols)  # parts[i]: the token starting at symbol i ("" once merged into its left)

@@ -26,8 +26,10 @@ GPT4_SPLIT_PATTERN = (
 # GPT-4o (o200k_base): words split at case changes, contractions glued to the word.
 GPT4O_SPLIT_PATTERN = "|".join(
     [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
         r"""\p{N}{1,3}""",
         r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
         r"""\s*[\r\n]+""",
@@ -36,18 +38,22 @@ GPT4O_SPLIT_PATTERN = "|".join(
     ]
 )
 
-# SmolLM / StarCoder (tokenizer.json: Sequence[Digits(individual_digits=True), ByteLevel]; GGUF pre "smollm"):
-# every digit is a chunk of its own, then GPT-2's regex; a whitespace run before a digit stays whole.
-GPT2_DIGITS_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+# SmolLM / StarCoder (tokenizer.json: Sequence[Digits(individual_digits=True), ByteLevel];
+# GGUF pre "smollm"): every digit is a chunk of its own, then GPT-2's regex; a whitespace run
+# before a digit stays whole.
+GPT2_DIGITS_SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+)
 
-# LLaMA 3 (GGUF pre "llama-bpe") and Qwen2 (GGUF pre "qwen2"): GPT-4's idea, digits in threes or one by one.
+# LLaMA 3 (GGUF pre "llama-bpe") and Qwen2 (GGUF pre "qwen2"): GPT-4's idea, digits in threes
+# or one by one.
 LLAMA3_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
-    r"""|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 QWEN2_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
-    r"""|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # The same patterns restricted to ASCII text, for the standard library's `re`, which
@@ -56,7 +62,9 @@ QWEN2_SPLIT_PATTERN = (
 # alternative (or before a class it cannot overlap) matches what the greedy one matches.
 # tests/test_tokenizer.py checks that both versions cut ASCII text identically.
 _ASCII_EQUIVALENTS = {
-    GPT2_SPLIT_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+$|\s+(?!\S)|\s""",
+    GPT2_SPLIT_PATTERN: (
+        r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+$|\s+(?!\S)|\s"""
+    ),
     GPT4_SPLIT_PATTERN: (
         r"""'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}| ?[^\sA-Za-z0-9]+[\r\n]*"""
         r"""|\s+$|\s*[\r\n]|\s+(?!\S)|\s"""
@@ -72,19 +80,22 @@ _ASCII_EQUIVALENTS = {
             r"""\s+""",
         ]
     ),
-    GPT2_DIGITS_SPLIT_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+|[0-9]| ?[^\sA-Za-z0-9]+|\s+(?![^\s0-9])|\s+""",
+    GPT2_DIGITS_SPLIT_PATTERN: (
+        r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+|[0-9]| ?[^\sA-Za-z0-9]+|\s+(?![^\s0-9])|\s+"""
+    ),
     LLAMA3_SPLIT_PATTERN: (
-        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}| ?[^\sA-Za-z0-9]+[\r\n]*"""
-        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}"""
+        r"""| ?[^\sA-Za-z0-9]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
     ),
     QWEN2_SPLIT_PATTERN: (
-        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]| ?[^\sA-Za-z0-9]+[\r\n]*"""
-        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]"""
+        r"""| ?[^\sA-Za-z0-9]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
     ),
 }
 
 
-# Patterns known to match every character (each ends in catch-all alternatives), so no text falls between chunks.
+# Patterns known to match every character (each ends in catch-all alternatives), so no text falls
+# between chunks.
 _COVERING = {GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, GPT4O_SPLIT_PATTERN, GPT2_DIGITS_SPLIT_PATTERN,
              LLAMA3_SPLIT_PATTERN, QWEN2_SPLIT_PATTERN}
 
@@ -93,7 +104,8 @@ class Splitter:
     """Cuts text into chunks with a split pattern; uses the fast ASCII form when it can.
 
     Text that the pattern does not match is kept, as a chunk of its own between the matches (as a
-    tokenizer.json Split with behavior "Isolated" does; tiktoken would drop it): no text is ever lost.
+    tokenizer.json Split with behavior "Isolated" does; tiktoken would drop it): no text is ever
+    lost.
     """
 
     def __init__(self, pattern: str):
@@ -102,12 +114,14 @@ class Splitter:
         try:
             self.compiled = regex.compile(pattern)
         except regex.error as error:
-            raise ValueError(f"the split pattern {pattern!r} is not a valid regex: {error}") from None
+            raise ValueError(f"the split pattern {pattern!r} is not a valid regex: "
+                             f"{error}") from None
         ascii_pattern = _ASCII_EQUIVALENTS.get(pattern)
         self.ascii = re.compile(ascii_pattern, re.ASCII) if ascii_pattern else None
         self.pattern = pattern
         self.covering = pattern in _COVERING
-        self.plain = self.compiled.groups == 0  # with groups, findall would return the groups, not the matches
+        # with groups, findall would return the groups, not the matches
+        self.plain = self.compiled.groups == 0
 
     def findall(self, text: str) -> list[str]:
         """All chunks of `text`, in order; joined they give back `text`."""
@@ -131,7 +145,8 @@ class Splitter:
 
 
 def _with_gaps(compiled: regex.Pattern, text: str) -> Iterator[str]:
-    """The non-empty matches of `compiled` in `text` and, as chunks of their own, the pieces between them."""
+    """The non-empty matches of `compiled` in `text` and, as chunks of their own, the pieces
+    between them."""
     end = 0
     for found in compiled.finditer(text):
         start, stop = found.span()

@@ -14,7 +14,8 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from tqdm import tqdm  # not tqdm.auto: in Jupyter without ipywidgets it warns on import (every chapter imports mlxllm)
+# not tqdm.auto: in Jupyter without ipywidgets it warns on import (every chapter imports mlxllm)
+from tqdm import tqdm
 
 from .patterns import Splitter
 
@@ -22,7 +23,8 @@ _LIST_LIMIT = 1 << 22  # characters; longer texts are split lazily to bound memo
 
 # Heap keys sort ascending, but ties must go to the *greatest* pair of byte strings.
 # Mapping each byte b to chr(255 - b) and ending every token with chr(256) turns
-# "greater bytes" into "smaller string", prefixes included ("ab" > "a" becomes key("ab") < key("a")).
+# "greater bytes" into "smaller string", prefixes included
+# ("ab" > "a" becomes key("ab") < key("a")).
 _DESCENDING = bytes(range(255, -1, -1))
 
 
