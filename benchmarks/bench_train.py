@@ -12,6 +12,7 @@ Peers, all on the same shapes with AdamW, clipping at 1.0 and a fresh random bat
   mixed-bf16  mlxllm's step with dtype="mixed-bfloat16" (bf16 compute, float32 weights and AdamW state), with --bf16
   pytorch     the same GPT in PyTorch (torch.optim.AdamW), if torch is installed (it is not a dependency), on CUDA
               when there is one, with TF32 on (MLX's CUDA backend runs float32 products in TF32 by default)
+  pytorch-bf16  the same with bfloat16 autocast (PyTorch's mixed precision), with --bf16
 Variants run in interleaved rounds (so load changes hit all of them alike). On a shared machine wall time
 is mostly other people's load, so two numbers are reported per variant: the fastest round's wall time
 (tokens/s) and the median round's CPU time of this process (all its threads), which load barely moves.
@@ -107,7 +108,11 @@ def minimal_runner(config: ModelConfig, train_config, ids):
     return repeat(run)
 
 
-def pytorch_runner(config: ModelConfig, train_config, ids):
+def pytorch_runner(config: ModelConfig, train_config, ids, autocast: bool = False):
+    """The same GPT in PyTorch; ``autocast``: bfloat16 autocast over float32 weights (PyTorch's mixed
+    precision, the peer of mlxllm's mixed-bfloat16)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -158,8 +163,10 @@ def pytorch_runner(config: ModelConfig, train_config, ids):
     def run():
         starts = torch.randint(len(data) - t.context, (t.batch_size,), generator=generator)
         windows = data[starts.to(device)[:, None] + torch.arange(t.context + 1, device=device)]
-        logits = model(windows[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, c.vocab_size), windows[:, 1:].reshape(-1))
+        mixed = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with mixed:
+            logits = model(windows[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, c.vocab_size).float(), windows[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -202,11 +209,13 @@ def main() -> None:
         import torch
 
         runners["pytorch"] = pytorch_runner
+        if args.bf16:
+            runners["pytorch-bf16"] = partial(pytorch_runner, autocast=True)
         torch_note = f"torch {torch.__version__} on {torch_device()}, {torch.get_num_threads()} threads"
     except ImportError:
         torch_note = "torch not installed: PyTorch peer skipped (pip install torch to include it)"
 
-    steps = {name: make(config, train_config, ids if name != "pytorch" else np.array(ids)) for name, make in runners.items()}
+    steps = {name: make(config, train_config, np.array(ids) if name.startswith("pytorch") else ids) for name, make in runners.items()}
     for name, run in steps.items():  # warm up: compile, allocate, first-touch memory
         assert math.isfinite(run(2)), name
     wall = {name: [] for name in steps}
@@ -233,7 +242,9 @@ def main() -> None:
           f"{cpu_ms['minimal'] / cpu_ms['mlxllm']:.3f} by CPU time; compiled vs uncompiled: "
           f"{rate['mlxllm'] / rate['uncompiled']:.2f}× wall, {cpu_ms['uncompiled'] / cpu_ms['mlxllm']:.2f}× CPU"
           + (f"; mlxllm vs pytorch: {rate['mlxllm'] / rate['pytorch']:.3f} wall, "
-             f"{cpu_ms['pytorch'] / cpu_ms['mlxllm']:.3f} CPU" if "pytorch" in rate else ""))
+             f"{cpu_ms['pytorch'] / cpu_ms['mlxllm']:.3f} CPU" if "pytorch" in rate else "")
+          + (f"; mixed-bf16 vs pytorch TF32 {rate['mixed-bf16'] / rate['pytorch']:.3f}, vs pytorch bf16 "
+             f"autocast {rate['mixed-bf16'] / rate['pytorch-bf16']:.3f} (wall)" if "pytorch-bf16" in rate else ""))
 
 
 if __name__ == "__main__":

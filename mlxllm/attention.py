@@ -1,4 +1,4 @@
-"""Part 3a — Causal attention: each position looks at itself and the positions before it.
+"""Causal attention (Chapter 3): each position looks at itself and the positions before it.
 
 Shapes: B batch, T tokens, C = dims, H query heads, H_kv key/value heads, D = C / H per head.
 """
@@ -20,7 +20,8 @@ def causal_mask(n_queries: int, n_keys: int | None = None) -> mx.array:
     """
     n_keys = n_queries if n_keys is None else n_keys
     if n_queries > n_keys:
-        raise ValueError(f"more queries ({n_queries}) than keys ({n_keys}): a causal query needs its own key")
+        raise ValueError(f"more queries ({n_queries}) than keys ({n_keys}): a causal query needs "
+                         "its own key")
     query_pos = mx.arange(n_keys - n_queries, n_keys)[:, None]  # (T_q, 1)
     key_pos = mx.arange(n_keys)[None, :]  # (1, T_k)
     return key_pos <= query_pos
@@ -55,19 +56,22 @@ def attention_reference(q: mx.array, k: mx.array, v: mx.array, mask: str | mx.ar
     return weights @ v  # (B, H, T_q, D)
 
 
-def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, mask: str | mx.array | None = "causal") -> mx.array:
-    """The production path: MLX's fused kernel, same numbers as ``attention_reference``. Built in Chapter 3.
+def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array,
+                                 mask: str | mx.array | None = "causal") -> mx.array:
+    """The production path: MLX's fused kernel, same numbers as ``attention_reference``.
 
-    ``mask="causal"`` is the bottom-right aligned causal mask without materialising it.
+    Built in Chapter 3. ``mask="causal"`` is the bottom-right aligned causal mask without
+    materialising it.
     """
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), mask=mask)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]),
+                                                mask=mask)
 
 
 class KVCache:
     """Keys and values of the tokens seen so far, for one layer. Built in Chapter 3.
 
-    Storage is preallocated in chunks of ``step`` positions and written in place, so decoding a token
-    costs one slice assignment instead of copying the whole cache with a concatenate.
+    Storage is preallocated in chunks of ``step`` positions and written in place, so decoding a
+    token costs one slice assignment instead of copying the whole cache with a concatenate.
     """
 
     step = 256
@@ -78,7 +82,8 @@ class KVCache:
         self.offset = 0  # number of positions filled = position of the next token
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Append (B, H_kv, T, D) keys/values; return everything cached so far, (B, H_kv, offset, D)."""
+        """Append (B, H_kv, T, D) keys/values; return everything cached so far,
+        (B, H_kv, offset, D)."""
         start, length = self.offset, keys.shape[2]
         if self.keys is None or start + length > self.keys.shape[2]:
             B, n_kv_heads, _, head_dim = keys.shape
@@ -91,8 +96,8 @@ class KVCache:
                 self.keys = mx.concatenate([self.keys[:, :, :start], new_k], axis=2)
                 self.values = mx.concatenate([self.values[:, :, :start], new_v], axis=2)
         self.offset += length
-        # [:, :, a:b] rather than [..., a:b, :]: the same static slices, parsed faster (a decode step makes
-        # four of these per block per token)
+        # [:, :, a:b] rather than [..., a:b, :]: the same static slices, parsed faster (a decode
+        # step makes four of these per block per token)
         self.keys[:, :, start : self.offset] = keys
         self.values[:, :, start : self.offset] = values
         return self.keys[:, :, : self.offset], self.values[:, :, : self.offset]
@@ -103,17 +108,22 @@ class KVCache:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
-def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, context_length: int, batch_size: int = 1, bytes_per_value: int = 2) -> int:
-    """Memory of a full KV cache: keys and values for every layer, kv head and position. Built in Chapter 3."""
+def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, context_length: int,
+                   batch_size: int = 1, bytes_per_value: int = 2) -> int:
+    """Memory of a full KV cache: keys and values for every layer, kv head and position.
+
+    Built in Chapter 3.
+    """
     return 2 * n_layers * n_kv_heads * head_dim * context_length * batch_size * bytes_per_value
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention with H query heads and H_kv key/value heads, as the config says. Built in Chapter 3.
+    """Causal self-attention with H query heads and H_kv key/value heads, as the config says.
 
-    ``n_kv_heads == n_heads`` is multi-head attention, ``1 < n_kv_heads < n_heads`` grouped-query (GQA),
-    ``n_kv_heads == 1`` multi-query (MQA). RoPE on q and k when ``position="rope"``, and QK-norm (an RMSNorm
-    of each head's q and k, which bounds the attention logits; Chapter 8). One layer on its own:
+    Built in Chapter 3. ``n_kv_heads == n_heads`` is multi-head attention,
+    ``1 < n_kv_heads < n_heads`` grouped-query (GQA), ``n_kv_heads == 1`` multi-query (MQA). RoPE on
+    q and k when ``position="rope"``, and QK-norm (an RMSNorm of each head's q and k, which bounds
+    the attention logits; Chapter 8). One layer on its own:
     ``MultiHeadAttention(ModelConfig(dims=64, n_heads=4))``.
     """
 
@@ -126,7 +136,8 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(c.dims, c.n_kv_heads * c.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(c.dims, c.n_kv_heads * c.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dims, bias=c.bias)
-        self.rope = RoPE(c.head_dim, c.rope_theta, c.rope_traditional) if c.position == "rope" else None
+        self.rope = RoPE(c.head_dim, c.rope_theta, c.rope_traditional) \
+            if c.position == "rope" else None
         if c.qk_norm:
             self.q_norm = nn.RMSNorm(c.head_dim, eps=c.norm_eps)
             self.k_norm = nn.RMSNorm(c.head_dim, eps=c.norm_eps)
@@ -153,5 +164,6 @@ class MultiHeadAttention(nn.Module):
             out = attention_reference(q, k, v, mask, dropout=self.dropout)  # (B, H, T, D)
         else:
             out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
-        # heads back beside each other, (B, H, T, D) → (B, T, H*D), then mixed by the output projection
+        # heads back beside each other, (B, H, T, D) → (B, T, H*D), then mixed by the output
+        # projection
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))  # (B, T, C)

@@ -1,7 +1,7 @@
-"""Part 3b — The transformer block: normalization, feed-forward and the residual stream.
+"""The transformer block (Chapter 4): normalization, feed-forward and the residual stream.
 
-block(x) = x + attention(norm(x)), then x + ffn(norm(x))      (pre-norm: GPT-2, LLaMA, nearly all LLMs)
-block(x) = norm(x + attention(x)), then norm(x + ffn(x))      (post-norm: the 2017 Transformer)
+block(x) = x + attention(norm(x)), then x + ffn(norm(x))   (pre-norm: GPT-2, LLaMA, nearly all LLMs)
+block(x) = norm(x + attention(x)), then norm(x + ffn(x))   (post-norm: the 2017 Transformer)
 """
 
 import mlx.core as mx
@@ -12,9 +12,11 @@ from mlxllm.config import ACTIVATIONS, NORMS, ModelConfig
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
-    """The config's norm over its dims: LayerNorm (centre and scale), RMSNorm (scale only) or nothing. Built in Chapter 4.
+    """The config's norm over its dims: LayerNorm (centre and scale), RMSNorm (scale only) or
+    nothing. Built in Chapter 4.
 
-    ``nn.LayerNorm`` and ``nn.RMSNorm`` call the fused ``mx.fast.layer_norm`` / ``mx.fast.rms_norm``.
+    ``nn.LayerNorm`` and ``nn.RMSNorm`` call the fused ``mx.fast.layer_norm`` /
+    ``mx.fast.rms_norm``.
     """
     if config.norm == "layernorm":
         return nn.LayerNorm(config.dims, eps=config.norm_eps, bias=config.bias)
@@ -28,14 +30,16 @@ def make_norm(config: ModelConfig) -> nn.Module:
 class MLP(nn.Module):
     """Position-wise feed-forward: C → hidden → C with a GELU or ReLU between. Built in Chapter 4.
 
-    ``activation="gelu_tanh"`` is the tanh approximation GPT-2 was trained with; ``"gelu"`` the exact erf form.
+    ``activation="gelu_tanh"`` is the tanh approximation GPT-2 was trained with; ``"gelu"`` the
+    exact erf form.
     """
 
     def __init__(self, dims: int, hidden_dims: int, activation: str = "gelu", bias: bool = True):
         super().__init__()
         activations = {"gelu": nn.gelu, "gelu_tanh": nn.gelu_approx, "relu": nn.relu}
         if activation not in activations:
-            raise ValueError(f"MLP activation must be one of {tuple(activations)}, got {activation!r}")
+            raise ValueError(f"MLP activation must be one of {tuple(activations)}, "
+                             f"got {activation!r}")
         self.activation = activations[activation]
         self.up_proj = nn.Linear(dims, hidden_dims, bias=bias)
         self.down_proj = nn.Linear(hidden_dims, dims, bias=bias)
@@ -67,10 +71,11 @@ def make_ffn(config: ModelConfig) -> nn.Module:
 
 
 class TransformerBlock(nn.Module):
-    """Attention then feed-forward, each wrapped in a norm and a residual connection. Built in Chapter 4.
+    """Attention then feed-forward, each wrapped in a norm and a residual connection.
 
-    ``pre_norm=False`` gives the original post-norm block; ``parallel_block=True`` runs attention and
-    feed-forward side by side on the same normed input (GPT-J, PaLM): x + attn(n(x)) + ffn(n(x)).
+    Built in Chapter 4. ``pre_norm=False`` gives the original post-norm block;
+    ``parallel_block=True`` runs attention and feed-forward side by side on the same normed input
+    (GPT-J, PaLM): x + attn(n(x)) + ffn(n(x)).
     One block on its own: ``TransformerBlock(ModelConfig(dims=64, n_heads=4))``.
     """
 

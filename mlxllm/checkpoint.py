@@ -1,12 +1,13 @@
-"""Training checkpoints: written as one unit, verified on load, resumed exactly, locked while a run uses them.
+"""Training checkpoints: written as one unit, verified on load, resumed exactly, locked while a run
+uses them.
 
-A checkpoint folder (``mlxllm train --out``) holds ``checkpoint.json`` (the marker and manifest: configs,
-what the run trained on, step, and the sha256 of every file) and one ``step-NNNNNN/`` folder with
-``model.safetensors`` (the kept model: last or best), ``latest.safetensors`` (the newest parameters,
-when the kept model is an older best), ``optimizer.safetensors``, ``state.json``, ``metrics.json``
-and the tokenizer. A save writes a hidden temporary folder, fsyncs it, renames it into place and
-then replaces ``checkpoint.json`` (one atomic rename): a crash mid-save leaves the previous
-checkpoint whole. Built in Chapter 6, Training.
+A checkpoint folder (``mlxllm train --out``) holds ``checkpoint.json`` (the marker and manifest:
+configs, what the run trained on, step, and the sha256 of every file) and one ``step-NNNNNN/``
+folder with ``model.safetensors`` (the kept model: last or best), ``latest.safetensors`` (the newest
+parameters, when the kept model is an older best), ``optimizer.safetensors``, ``state.json``,
+``metrics.json`` and the tokenizer. A save writes a hidden temporary folder, fsyncs it, renames it
+into place and then replaces ``checkpoint.json`` (one atomic rename): a crash mid-save leaves the
+previous checkpoint whole. Built in Chapter 6, Training.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ MARKER = "checkpoint.json"
 FORMAT = "mlxllm-checkpoint"
 VERSION = 1
 TOKENIZER_FILE = "tokenizer.mlxllm"
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "patience", "save")  # TrainConfig fields a resume may change
+# TrainConfig fields a resume may change
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "patience", "save")
 
 
 class CheckpointError(ValueError):
@@ -43,7 +45,10 @@ class CheckpointError(ValueError):
 
 
 def is_checkpoint(folder: str | Path) -> bool:
-    """True for a folder written by ``Trainer.save`` (it has our ``checkpoint.json`` marker). Chapter 6."""
+    """True for a folder written by ``Trainer.save`` (it has our ``checkpoint.json`` marker).
+
+    Chapter 6.
+    """
     path = Path(folder) / MARKER
     try:
         return path.is_file() and json.loads(path.read_text()).get("format") == FORMAT
@@ -52,30 +57,32 @@ def is_checkpoint(folder: str | Path) -> bool:
 
 
 def read_manifest(folder: str | Path) -> dict:
-    """``checkpoint.json`` of a checkpoint folder, or a CheckpointError saying in one sentence what it is instead."""
+    """``checkpoint.json`` of a checkpoint folder, or a CheckpointError saying in one sentence what
+    it is instead."""
     folder = Path(folder)
     if not folder.exists():
-        raise CheckpointError(f"{folder} does not exist, so it is not a checkpoint folder; train into it first "
-                              "with `mlxllm train --out ...`")
+        raise CheckpointError(f"{folder} does not exist, so it is not a checkpoint folder; train "
+                              "into it first with `mlxllm train --out ...`")
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is a file, not a checkpoint folder; load model files such as .gguf with "
-                              "mlxllm.load_pretrained (or `mlxllm generate`)")
+        raise CheckpointError(f"{folder} is a file, not a checkpoint folder; load model files such "
+                              "as .gguf with mlxllm.load_pretrained (or `mlxllm generate`)")
     path = folder / MARKER
     if not path.is_file():
         if (folder / "config.json").is_file():
-            raise CheckpointError(f"{folder} is not a checkpoint folder (it has config.json but no {MARKER}): it "
-                                  "looks like a Hugging Face model folder, so load it with mlxllm.load_pretrained "
-                                  "(or `mlxllm generate`)")
-        raise CheckpointError(f"{folder} is not a checkpoint folder (no {MARKER}); train into it first with "
-                              "`mlxllm train --out ...`")
+            raise CheckpointError(f"{folder} is not a checkpoint folder (it has config.json but no "
+                                  f"{MARKER}): it looks like a Hugging Face model folder, so load "
+                                  "it with mlxllm.load_pretrained (or `mlxllm generate`)")
+        raise CheckpointError(f"{folder} is not a checkpoint folder (no {MARKER}); train into it "
+                              "first with `mlxllm train --out ...`")
     try:
         manifest = json.loads(path.read_text())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"format is {manifest.get('format')!r}, not {FORMAT!r}")
-        manifest["step"], manifest["folder"], manifest["files"], manifest["model"], manifest["train"]  # noqa: B018
+        (manifest["step"], manifest["folder"], manifest["files"], manifest["model"],  # noqa: B018
+         manifest["train"])
     except (ValueError, KeyError, AttributeError, TypeError) as error:
-        raise CheckpointError(f"{path} is corrupt ({type(error).__name__}: {error}); restore it from a backup "
-                              "or train again into an empty --out") from None
+        raise CheckpointError(f"{path} is corrupt ({type(error).__name__}: {error}); restore it "
+                              "from a backup or train again into an empty --out") from None
     return manifest
 
 
@@ -84,10 +91,13 @@ def verified(folder: str | Path, manifest: dict, name: str) -> Path:
     path = Path(folder) / manifest["folder"] / name
     expected = manifest["files"].get(name)
     if expected is None or not path.is_file():
-        raise CheckpointError(f"{path} is missing from the checkpoint; restore it or train again into an empty --out")
+        raise CheckpointError(f"{path} is missing from the checkpoint; restore it or train again "
+                              "into an empty --out")
     if path.stat().st_size == 0 or sha256_of(path) != expected:
-        state = "empty" if path.stat().st_size == 0 else "damaged (its sha256 differs from the one in checkpoint.json)"
-        raise CheckpointError(f"{path} is {state}; restore the file from a backup or train again into an empty --out")
+        state = "empty" if path.stat().st_size == 0 else \
+            "damaged (its sha256 differs from the one in checkpoint.json)"
+        raise CheckpointError(f"{path} is {state}; restore the file from a backup or train again "
+                              "into an empty --out")
     return path
 
 
@@ -96,7 +106,8 @@ def read_json(folder: str | Path, manifest: dict, name: str) -> dict:
     try:
         return json.loads(path.read_text())
     except ValueError as error:
-        raise CheckpointError(f"{path} is corrupt ({error}); restore it or train again into an empty --out") from None
+        raise CheckpointError(f"{path} is corrupt ({error}); restore it or train again into an "
+                              "empty --out") from None
 
 
 def read_arrays(folder: str | Path, manifest: dict, name: str) -> dict[str, mx.array]:
@@ -104,7 +115,8 @@ def read_arrays(folder: str | Path, manifest: dict, name: str) -> dict[str, mx.a
     try:
         return mx.load(str(path))
     except (RuntimeError, ValueError) as error:
-        raise CheckpointError(f"{path} cannot be read ({error}); restore it or train again") from None
+        raise CheckpointError(f"{path} cannot be read ({error}); restore it or train "
+                              "again") from None
 
 
 def first_config_mismatch(saved: dict, current: dict) -> str | None:
@@ -121,34 +133,39 @@ def check_arrays(saved: dict[str, mx.array], current: dict[str, mx.array], what:
         if name not in saved:
             raise CheckpointError(f"{what}: {name} is missing from the checkpoint")
         if saved[name].shape != array.shape:
-            raise CheckpointError(f"{what}: {name} has shape {tuple(saved[name].shape)} in the checkpoint but "
-                                  f"{tuple(array.shape)} here")
+            raise CheckpointError(f"{what}: {name} has shape {tuple(saved[name].shape)} in the "
+                                  f"checkpoint but {tuple(array.shape)} here")
     if extra := [name for name in saved if name not in current]:
         raise CheckpointError(f"{what}: the checkpoint has {extra[0]}, which this model does not")
 
 
 def load_model_weights(model: TransformerLM, folder: str | Path, name: str = "model.safetensors",
                        manifest: dict | None = None) -> None:
-    """Load a checkpoint's ``model.safetensors`` into ``model``; another config or shape → error naming it.
-    ``manifest``: the folder's, when the caller has read it already. Built in Chapter 6, Training."""
+    """Load a checkpoint's ``model.safetensors`` into ``model``; another config or shape → error
+    naming it. ``manifest``: the folder's, when the caller has read it already. Built in Chapter 6,
+    Training."""
     manifest = manifest or read_manifest(folder)
     if problem := first_config_mismatch(manifest["model"], model.config.to_dict()):
         raise CheckpointError(f"checkpoint {folder} does not match the model: {problem}")
     weights = read_arrays(folder, manifest, name)
-    check_arrays(weights, dict(tree_flatten(model.parameters())), f"checkpoint {folder} does not match the model")
+    check_arrays(weights, dict(tree_flatten(model.parameters())),
+                 f"checkpoint {folder} does not match the model")
     model.load_weights(list(weights.items()))
 
 
 def load_checkpoint_tokenizer(folder: str | Path, manifest: dict | None = None):
-    """The tokenizer saved with a checkpoint (None when the run had none). Built in Chapter 6, Training."""
+    """The tokenizer saved with a checkpoint (None when the run had none). Built in Chapter 6,
+    Training."""
     from mlxllm.tokenizer import load_tokenizer
 
     manifest = manifest or read_manifest(folder)
-    return load_tokenizer(verified(folder, manifest, TOKENIZER_FILE)) if TOKENIZER_FILE in manifest["files"] else None
+    return load_tokenizer(verified(folder, manifest, TOKENIZER_FILE)) \
+        if TOKENIZER_FILE in manifest["files"] else None
 
 
 def load_model(folder: str | Path) -> tuple[TransformerLM, object]:
-    """The kept model (in eval mode) and its tokenizer, from a checkpoint folder written by ``Trainer``. Chapter 6."""
+    """The kept model (in eval mode) and its tokenizer, from a checkpoint folder written by
+    ``Trainer``. Chapter 6."""
     manifest = read_manifest(folder)
     model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
     model.set_dtype(TrainConfig.from_dict(manifest["train"]).parameter_dtype)
@@ -205,14 +222,16 @@ def load_run(folder: str | Path, config: TrainConfig | None = None) -> SavedRun:
                     state.get("world_size", 1))
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Saving as one unit.
 
 
 def save_checkpoint(trainer, folder: str | Path) -> Path:
-    """Write ``trainer``'s checkpoint into ``folder`` as one unit; the previous one stays whole until the end.
+    """Write ``trainer``'s checkpoint into ``folder`` as one unit; the previous one stays whole
+    until the end.
 
-    Disk errors (a full disk, no permission) become one CheckpointError sentence naming the folder. Chapter 6.
+    Disk errors (a full disk, no permission) become one CheckpointError sentence naming the folder.
+    Chapter 6.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -224,16 +243,18 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
         mx.save_safetensors(str(tmp / "model.safetensors"),
                             dict(tree_flatten(trainer.best_parameters)) if keep_best else latest)
         resume_from = "model.safetensors"
-        if keep_best and best["step"] != trainer.step:  # the kept model is older: the newest goes beside it
+        # the kept model is older: the newest goes beside it
+        if keep_best and best["step"] != trainer.step:
             mx.save_safetensors(str(tmp / "latest.safetensors"), latest)
             resume_from = "latest.safetensors"
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(trainer.optimizer.state)))
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"),
+                            dict(tree_flatten(trainer.optimizer.state)))
         if trainer.tokenizer is not None:
             from mlxllm.tokenizer import save_tokenizer
 
             save_tokenizer(trainer.tokenizer, tmp / TOKENIZER_FILE)
-        state = {"step": trainer.step, "batch_key": trainer.batch_key.tolist(), "world_size": trainer.group.size(),
-                 "resume_from": resume_from}
+        state = {"step": trainer.step, "batch_key": trainer.batch_key.tolist(),
+                 "world_size": trainer.group.size(), "resume_from": resume_from}
         write_atomic(tmp / "state.json", json.dumps(state))
         write_atomic(tmp / "metrics.json", json.dumps(trainer.metrics))
         files = {}
@@ -247,24 +268,27 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
                 break
             target = folder / f"step-{trainer.step:06d}.{n}"
         os.rename(tmp, target)
-        manifest = {"format": FORMAT, "version": VERSION, "step": trainer.step, "folder": target.name,
-                    "model": trainer.model.config.to_dict(), "train": trainer.config.to_dict(),
-                    "source": trainer.source, "best": best, "files": files}
+        manifest = {"format": FORMAT, "version": VERSION, "step": trainer.step,
+                    "folder": target.name, "model": trainer.model.config.to_dict(),
+                    "train": trainer.config.to_dict(), "source": trainer.source, "best": best,
+                    "files": files}
         # the commit, one rename: before it the old checkpoint, after it the new one
         write_atomic(folder / MARKER, json.dumps(manifest, indent=2))
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         what = error.strerror or str(error)
-        advice = "free some space" if error.errno == errno.ENOSPC else "fix the folder's permissions"
-        raise CheckpointError(f"could not write the checkpoint in {folder} ({what}); {advice}, then continue with "
-                              "--resume: the previous checkpoint there is intact") from None
+        advice = "free some space" if error.errno == errno.ENOSPC else \
+            "fix the folder's permissions"
+        raise CheckpointError(f"could not write the checkpoint in {folder} ({what}); {advice}, "
+                              "then continue with --resume: the previous checkpoint there is "
+                              "intact") from None
     for old in folder.iterdir():  # older step folders and interrupted saves
         if old.is_dir() and old != target and old.name.startswith(("step-", ".saving-")):
             shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # One run per folder.
 
 
@@ -280,8 +304,9 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def run_lock(folder: str | Path):
-    """Hold ``folder/run.lock`` (our pid and host) while a run writes there; a lock whose process is gone is stale
-    and taken over. A live one → CheckpointError naming its pid. Built in Chapter 6, Training."""
+    """Hold ``folder/run.lock`` (our pid and host) while a run writes there; a lock whose process
+    is gone is stale and taken over. A live one → CheckpointError naming its pid. Built in
+    Chapter 6, Training."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path, me = folder / "run.lock", {"pid": os.getpid(), "host": socket.gethostname()}
@@ -296,8 +321,9 @@ def run_lock(folder: str | Path):
                 pid, host = None, me["host"]  # unreadable: written by a process killed mid-write
             if pid is not None and (host != me["host"] or _alive(pid)):
                 where = "" if host == me["host"] else f" on {host}"
-                raise CheckpointError(f"{folder} is in use by another run (pid {pid}{where}); wait for it to finish "
-                                      f"or choose another --out (if that run is gone, delete {path})") from None
+                raise CheckpointError(f"{folder} is in use by another run (pid {pid}{where}); wait "
+                                      "for it to finish or choose another --out (if that run is "
+                                      f"gone, delete {path})") from None
             path.unlink(missing_ok=True)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as f:

@@ -1,10 +1,12 @@
-"""The ``mlxllm`` command: ``train`` a preset on a corpus, ``generate`` or ``chat`` with a model, ``tokenize`` a file.
+r"""The ``mlxllm`` command: ``train`` a preset on a corpus, ``generate`` or ``chat`` with a model,
+``tokenize`` a file.
 
     mlxllm train --corpus tinyshakespeare --tokenizer char --preset nanogpt-cpu --out runs/cpu
     mlxllm train --out runs/cpu --resume --steps 4000
     mlxllm generate runs/cpu --prompt "ROMEO:" --max-new-tokens 50 --temperature 0.8 --seed 0
     mlxllm chat smollm2-135m-instruct --temperature 0
-    mlxllm finetune smollm2-135m-instruct --data train.jsonl --eval test.jsonl --out runs/dates --steps 200
+    mlxllm finetune smollm2-135m-instruct --data train.jsonl --eval test.jsonl --out runs/dates \
+        --steps 200
     mlxllm chat smollm2-135m-instruct --adapter runs/dates --temperature 0
     mlxllm tokenize --tokenizer gpt2 notes.txt --count
 
@@ -53,20 +55,24 @@ def writable_folder(path: str) -> Path:
     return folder
 
 
-def add_train_config_options(parser: argparse.ArgumentParser, defaults: str = "the preset's") -> None:
-    """One ``--option`` per TrainConfig field, typed and documented from the field: a new field needs no CLI edit."""
+def add_train_config_options(parser: argparse.ArgumentParser,
+                             defaults: str = "the preset's") -> None:
+    """One ``--option`` per TrainConfig field, typed and documented from the field: a new field
+    needs no CLI edit."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):  # int | None → int
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, choices=f.metadata.get("choices"),
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind,
+                            choices=f.metadata.get("choices"),
                             help=f"{f.metadata.get('help', '')} (default: {defaults})")
 
 
 def train_config_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig fields given on the command line (options left out keep the preset's)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(args, f.name) is not None}
 
 
 def train(args: argparse.Namespace) -> None:
@@ -74,7 +80,8 @@ def train(args: argparse.Namespace) -> None:
     preset = args.preset or (None if args.resume else "tiny")
     if preset is not None and preset not in PRESETS:  # before anything is created on disk
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    main = is_main(world())  # under mlx.launch rank 0 alone writes and prints (Appendix, Data-parallel training)
+    # under mlx.launch rank 0 alone writes and prints (Appendix, Data-parallel training)
+    main = is_main(world())
     say = print if main else lambda *_: None
     out = writable_folder(args.out) if main else Path(args.out)
     with run_lock(out) if main else contextlib.nullcontext():
@@ -83,28 +90,31 @@ def train(args: argparse.Namespace) -> None:
             say(f"resuming {out} at step {trainer.step} of {trainer.config.steps}")
         else:
             if is_checkpoint(out):
-                raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another "
-                                 "--out")
-            trainer = prepare_run(args.corpus or "tinyshakespeare", preset, args.tokenizer, **overrides)
+                raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it "
+                                 "or choose another --out")
+            trainer = prepare_run(args.corpus or "tinyshakespeare", preset, args.tokenizer,
+                                  **overrides)
             say(f"{preset}: {trainer.model.num_parameters():,} parameters, vocabulary "
                 f"{trainer.model.config.vocab_size}, {len(trainer.train_ids):,} training / "
                 f"{len(trainer.val_ids):,} validation tokens")
         try:
             losses = trainer.run(out=out, progress=not args.quiet)
         except TrainingInterrupted as stop:
-            raise TrainingInterrupted(f"{stop}; continue with `mlxllm train --out {out} --resume`") from None
+            raise TrainingInterrupted(f"{stop}; continue with `mlxllm train --out {out} "
+                                      "--resume`") from None
     best = trainer.metrics["best"]
     bits = trainer.val_bits_per_byte(losses["val_loss"])
     say(f"step {trainer.step}: val loss {losses['val_loss']:.4f} nats/token"
-        + (f", {bits:.4f} bits/byte" if bits is not None else "") + f" (train {losses['train_loss']:.4f}); "
+        + (f", {bits:.4f} bits/byte" if bits is not None else "")
+        + f" (train {losses['train_loss']:.4f}); "
         f"best val loss {best['val_loss']:.4f} at step {best['step']}"
         + (" (stopped early: no improvement)" if trainer.stopped_early else "")
         + f"; checkpoint ({trainer.config.save} model) in {out}")
 
 
 def load(model: str, adapter: str | None = None):
-    """(model, tokenizer) from a checkpoint folder, a Hugging Face folder, a .gguf file or a short name,
-    with the LoRA adapters of ``adapter`` (an ``mlxllm finetune --out`` folder) on top."""
+    """(model, tokenizer) from a checkpoint folder, a Hugging Face folder, a .gguf file or a short
+    name, with the LoRA adapters of ``adapter`` (an ``mlxllm finetune --out`` folder) on top."""
     from mlxllm.pretrained import load_pretrained
 
     model, tokenizer = load_pretrained(model)
@@ -127,7 +137,8 @@ def device_name() -> str:
 
 
 def finetune(args: argparse.Namespace) -> None:
-    """LoRA fine-tuning on chat JSONL (Chapter 9); with --eval, exact match before and after, as JSON."""
+    """LoRA fine-tuning on chat JSONL (Chapter 9); with --eval, exact match before and after, as
+    JSON."""
     import datetime
     import json
     import platform
@@ -143,58 +154,71 @@ def finetune(args: argparse.Namespace) -> None:
     overrides = train_config_overrides(args)
     config = sft.finetune_config(**overrides)
     if config.dtype != "float32" or config.checkpoint_every or config.save != "last":
-        raise ValueError("finetune trains float32 adapters over the model as loaded and saves them at the end; "
-                         "--dtype, --checkpoint-every and --save do not apply to it")
+        raise ValueError("finetune trains float32 adapters over the model as loaded and saves them "
+                         "at the end; --dtype, --checkpoint-every and --save do not apply to it")
     targets = "all" if args.lora_targets == "all" else tuple(args.lora_targets.split(","))
     train = sft.load_jsonl(args.data)
     if args.valid:
         valid = sft.load_jsonl(args.valid)
     else:  # the last tenth of --data
         if len(train) < 2:
-            raise ValueError(f"{args.data} has {len(train)} conversation(s); give at least 2, or --valid FILE")
+            raise ValueError(f"{args.data} has {len(train)} conversation(s); give at least 2, or "
+                             "--valid FILE")
         cut = len(train) - max(1, len(train) // 10)
         train, valid = train[:cut], train[cut:]
     test = sft.load_jsonl(args.eval) if args.eval else None
     out = writable_folder(args.out)
     model, tokenizer = load(args.model)  # the base model
     if not tokenizer.chat_template:
-        raise ValueError(f"{args.model} has no chat template, so it cannot be fine-tuned on conversations")
+        raise ValueError(f"{args.model} has no chat template, so it cannot be fine-tuned on "
+                         "conversations")
     report = {"date": datetime.date.today().isoformat(),
               "machine": f"{mx.default_device()}: {device_name()} ({platform.platform()})",
-              "mlx": mx.__version__, "command": "mlxllm " + shlex.join(args.argv), "model": args.model,
-              "split_sizes": {"train": len(train), "valid": len(valid), "test": len(test) if test else 0}}
+              "mlx": mx.__version__, "command": "mlxllm " + shlex.join(args.argv),
+              "model": args.model,
+              "split_sizes": {"train": len(train), "valid": len(valid),
+                              "test": len(test) if test else 0}}
     if test:
         tick = time.perf_counter()
         report["base_accuracy"], base = sft.exact_match(model, tokenizer, test, args.max_new_tokens)
-        report["general_answer_base"] = sft.chat_answer(model, tokenizer, args.question, args.question_tokens)
+        report["general_answer_base"] = sft.chat_answer(model, tokenizer, args.question,
+                                                        args.question_tokens)
         report["base_eval_seconds"] = round(time.perf_counter() - tick, 1)
-        print(f"base model: exact match {report['base_accuracy']:.1%} on {len(test)} test conversations")
+        print(f"base model: exact match {report['base_accuracy']:.1%} on {len(test)} test "
+              "conversations")
     mx.random.seed(config.seed)
     base_parameters = model.num_parameters()
     trainable = apply_lora(model, args.lora_rank, args.lora_alpha, targets, args.lora_layers)
-    print(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha} on {args.lora_targets}: {trainable:,} trainable "
-          f"parameters beside the {base_parameters:,} of the frozen model")
-    trainer = sft.make_trainer(model, tokenizer, train, valid, config, mask_prompt=not args.no_mask_prompt)
+    print(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha} on {args.lora_targets}: "
+          f"{trainable:,} trainable parameters beside the {base_parameters:,} of the frozen model")
+    trainer = sft.make_trainer(model, tokenizer, train, valid, config,
+                               mask_prompt=not args.no_mask_prompt)
     tick = time.perf_counter()
     losses = trainer.run(progress=not args.quiet)
     train_seconds = time.perf_counter() - tick
     save_adapters(model, out, base_model=args.model, steps=trainer.step)
-    print(f"step {trainer.step}: val loss {losses['val_loss']:.4f} (train {losses['train_loss']:.4f}) in "
-          f"{train_seconds:.1f} s; adapters in {out}")
-    report.update(steps=trainer.step, batch_size=config.batch_size, lr=config.lr, tokens_per_row=trainer.context,
-                  lora={"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": args.lora_targets,
+    print(f"step {trainer.step}: val loss {losses['val_loss']:.4f} "
+          f"(train {losses['train_loss']:.4f}) in {train_seconds:.1f} s; adapters in {out}")
+    report.update(steps=trainer.step, batch_size=config.batch_size, lr=config.lr,
+                  tokens_per_row=trainer.context,
+                  lora={"rank": args.lora_rank, "alpha": args.lora_alpha,
+                        "targets": args.lora_targets,
                         "layers": args.lora_layers or len(model.blocks)},
                   trainable_parameters=trainable, model_parameters=base_parameters,
-                  losses={k: round(v, 4) for k, v in losses.items()}, train_seconds=round(train_seconds, 1))
+                  losses={k: round(v, 4) for k, v in losses.items()},
+                  train_seconds=round(train_seconds, 1))
     if test:
         tick = time.perf_counter()
-        report["finetuned_accuracy"], tuned = sft.exact_match(model, tokenizer, test, args.max_new_tokens)
+        report["finetuned_accuracy"], tuned = sft.exact_match(model, tokenizer, test,
+                                                              args.max_new_tokens)
         report["general_question"] = args.question
-        report["general_answer"] = sft.chat_answer(model, tokenizer, args.question, args.question_tokens)
+        report["general_answer"] = sft.chat_answer(model, tokenizer, args.question,
+                                                   args.question_tokens)
         report["finetuned_eval_seconds"] = round(time.perf_counter() - tick, 1)
         report["examples"] = [{"prompt": b["prompt"], "expected": b["expected"], "base": b["got"],
                                "finetuned": t["got"]} for b, t in zip(base[:5], tuned[:5])]
-        print(f"fine-tuned: exact match {report['finetuned_accuracy']:.1%} (base {report['base_accuracy']:.1%}); "
+        print(f"fine-tuned: exact match {report['finetuned_accuracy']:.1%} "
+              f"(base {report['base_accuracy']:.1%}); "
               f"{args.question!r} → {report['general_answer']!r}")
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     path = Path(args.results) if args.results else out / "results.json"
@@ -236,13 +260,15 @@ def generate_text(args: argparse.Namespace) -> None:
 
 
 def chat(args: argparse.Namespace) -> None:
-    """Read one user message per line (interactively, or from piped stdin until its end), stream each answer."""
+    """Read one user message per line (interactively, or from piped stdin until its end), stream
+    each answer."""
     from mlxllm.generation import stream_text
 
     model, tokenizer = load(args.model, args.adapter)
     decode = decoder(model, args)
     if not tokenizer.chat_template:
-        raise ValueError(f"{args.model} has no chat template, so it is not a chat model; use `mlxllm generate`")
+        raise ValueError(f"{args.model} has no chat template, so it is not a chat model; use "
+                         "`mlxllm generate`")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     seed = args.seed
@@ -259,12 +285,13 @@ def chat(args: argparse.Namespace) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True),
-                                      allowed_special="all")
+        prompt_ids = tokenizer.encode(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True),
+            allowed_special="all")
         room = model.config.context_length - len(prompt_ids)
         if room <= 0:
-            raise ValueError(f"the conversation is {len(prompt_ids)} tokens, longer than the model's context of "
-                             f"{model.config.context_length}; start a new chat")
+            raise ValueError(f"the conversation is {len(prompt_ids)} tokens, longer than the "
+                             f"model's context of {model.config.context_length}; start a new chat")
         tokens = decode(prompt_ids, min(args.max_new_tokens, room), seed, tokenizer.eos_token_ids)
         answer = []
         for piece in stream_text(tokens, tokenizer):
@@ -292,8 +319,8 @@ def tokenize(args: argparse.Namespace) -> None:
 
 
 def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int | None) -> None:
-    p.add_argument("model", help="a training checkpoint folder, a Hugging Face folder, a .gguf file or "
-                                 "smollm2-135m-instruct")
+    p.add_argument("model", help="a training checkpoint folder, a Hugging Face folder, a .gguf "
+                                 "file or smollm2-135m-instruct")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
                    help="tokens per answer" if max_new_tokens else "default: fill the context")
     p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
@@ -310,9 +337,10 @@ def make_parser() -> Parser:
     parser = Parser(prog="mlxllm", description="Train, sample, chat and tokenize with mlxllm.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = commands.add_parser("train", help="train a preset on a corpus, writing checkpoints to --out")
-    p.add_argument("--corpus", help="a named corpus or a text file (default: tinyshakespeare; on --resume, the "
-                                    "checkpoint's)")
+    p = commands.add_parser("train",
+                            help="train a preset on a corpus, writing checkpoints to --out")
+    p.add_argument("--corpus", help="a named corpus or a text file (default: tinyshakespeare; on "
+                                    "--resume, the checkpoint's)")
     p.add_argument("--tokenizer", help=f"{data.TOKENIZER_SPECS} (default: the preset's)")
     p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: tiny)")
     p.add_argument("--out", required=True, help="checkpoint folder")
@@ -324,36 +352,46 @@ def make_parser() -> Parser:
     p = commands.add_parser("generate", help="stream text from a model")
     add_sampling_options(p, None)
     p.add_argument("--prompt", default="\n")
-    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at the end-of-sequence token")
     p.set_defaults(run=generate_text)
 
-    p = commands.add_parser("chat", help="talk with a chat model; one message per line, end of input ends")
+    p = commands.add_parser("chat",
+                            help="talk with a chat model; one message per line, end of input ends")
     add_sampling_options(p, 512)
     p.add_argument("--system", help="a system message that starts the conversation")
     p.set_defaults(run=chat)
 
-    p = commands.add_parser("finetune", help="teach a chat model a skill with LoRA on chat JSONL (Chapter 9)")
-    p.add_argument("model", help="a chat model: a Hugging Face folder, a .gguf file or smollm2-135m-instruct")
-    p.add_argument("--data", required=True, help='training conversations, JSONL of {"messages": [...]}')
+    p = commands.add_parser("finetune",
+                            help="teach a chat model a skill with LoRA on chat JSONL (Chapter 9)")
+    p.add_argument("model", help="a chat model: a Hugging Face folder, a .gguf file or "
+                                 "smollm2-135m-instruct")
+    p.add_argument("--data", required=True,
+                   help='training conversations, JSONL of {"messages": [...]}')
     p.add_argument("--valid", help="validation conversations (default: the last tenth of --data)")
-    p.add_argument("--eval", help="test conversations: exact match of the greedy answer, before and after")
+    p.add_argument("--eval",
+                   help="test conversations: exact match of the greedy answer, before and after")
     p.add_argument("--out", required=True, help="folder for the adapters (and results.json)")
     p.add_argument("--results", help="where the results JSON goes (default: OUT/results.json)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated projections, or all")
+    p.add_argument("--lora-targets", default="q_proj,v_proj",
+                   help="comma-separated projections, or all")
     p.add_argument("--lora-layers", type=int, help="adapt the last this many blocks (default: all)")
     p.add_argument("--no-mask-prompt", action="store_true", help="learn the prompt tokens too")
     p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in --eval")
     p.add_argument("--question", default="What is the capital of France?",
                    help="a general question answered before and after (with --eval)")
-    p.add_argument("--question-tokens", type=int, default=48, help="answer length limit for --question")
+    p.add_argument("--question-tokens", type=int, default=48,
+                   help="answer length limit for --question")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_train_config_options(p.add_argument_group("training settings (TrainConfig)"), "sft.finetune_config's")
+    add_train_config_options(p.add_argument_group("training settings (TrainConfig)"),
+                             "sft.finetune_config's")
     p.set_defaults(run=finetune)
 
     p = commands.add_parser("tokenize", help="print the token ids (or --count) of a file")
-    p.add_argument("--tokenizer", default="gpt2", help=f"{data.TOKENIZER_SPECS} | a checkpoint folder")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help=f"{data.TOKENIZER_SPECS} | a checkpoint folder")
     p.add_argument("file", help="a text file or a named corpus")
     p.add_argument("--count", action="store_true", help="print counts instead of ids")
     p.set_defaults(run=tokenize)
@@ -376,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # data parallel: another rank died, so its connection closed
         if not str(error).startswith("[ring]"):
             raise
-        print(f"mlxllm {args.command}: error: another rank stopped ({error}); see its message", file=sys.stderr)
+        print(f"mlxllm {args.command}: error: another rank stopped ({error}); see its message",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -19,13 +19,19 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
 
 
 def swiglu_hidden_dims(dims: int, multiple_of: int = 32) -> int:
-    """LLaMA's SwiGLU width: 2/3 of 4·C (three matrices cost what two 4·C ones do), rounded up. Built in Chapter 4."""
+    """LLaMA's SwiGLU width: 2/3 of 4·C (three matrices cost what two 4·C ones do), rounded up.
+
+    Built in Chapter 4.
+    """
     hidden = int(8 * dims / 3)
     return (hidden + multiple_of - 1) // multiple_of * multiple_of
 
 
 def default_ffn_dims(dims: int, activation: str) -> int:
-    """The feed-forward width when none is given: 4·C for an MLP, ≈ 8/3·C for SwiGLU. Built in Chapter 4."""
+    """The feed-forward width when none is given: 4·C for an MLP, ≈ 8/3·C for SwiGLU.
+
+    Built in Chapter 4.
+    """
     return swiglu_hidden_dims(dims) if activation == "swiglu" else 4 * dims
 
 
@@ -43,9 +49,10 @@ class ModelConfig:
     """Every size and architectural choice of a ``TransformerLM``. Built in Chapter 5.
 
     Defaults are GPT-2 small (124M). Left out, ``n_kv_heads`` becomes n_heads (plain multi-head
-    attention) and ``ffn_dims`` 4·dims for an MLP or ≈ 8/3·dims for SwiGLU; neither is None afterwards.
-    ``family`` names the checkpoint family whose weight names and layout the model follows when it is
-    saved or loaded; the architectural flags themselves can still be mixed freely (Chapter 8).
+    attention) and ``ffn_dims`` 4·dims for an MLP or ≈ 8/3·dims for SwiGLU; neither is None
+    afterwards. ``family`` names the checkpoint family whose weight names and layout the model
+    follows when it is saved or loaded; the architectural flags themselves can still be mixed freely
+    (Chapter 8).
     """
 
     vocab_size: int = 50257
@@ -68,7 +75,8 @@ class ModelConfig:
     parallel_block: bool = False
     qk_norm: bool = False
     logit_softcap: float | None = None  # logits → cap·tanh(logits / cap) (Gemma 2)
-    dropout: float = 0.0  # on embeddings, branch outputs and attention probabilities, in training mode
+    # on embeddings, branch outputs and attention probabilities, in training mode
+    dropout: float = 0.0
     family: str = "gpt2"  # "gpt2" | "llama"
 
     def __post_init__(self):
@@ -78,7 +86,8 @@ class ModelConfig:
                               ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
-        # sizes left out (or filled in by a rule before a dataclasses.replace) follow the rule for the new sizes
+        # sizes left out (or filled in by a rule before a dataclasses.replace) follow the rule for
+        # the new sizes
         if self.n_kv_heads is None or isinstance(self.n_kv_heads, Derived):
             self.n_kv_heads = Derived(self.n_heads)
         if self.ffn_dims is None or isinstance(self.ffn_dims, Derived):
@@ -106,7 +115,8 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.parallel_block and not self.pre_norm:
-            raise ValueError("parallel_block=True needs pre_norm=True (both branches read the same normed input)")
+            raise ValueError("parallel_block=True needs pre_norm=True (both branches read the same "
+                             "normed input)")
 
     @property
     def head_dim(self) -> int:
@@ -114,9 +124,10 @@ class ModelConfig:
 
     @classmethod
     def gpt2(cls, **overrides) -> "ModelConfig":
-        """GPT-2: learned positions, LayerNorm, tanh-GELU MLP, biases, head tied to the embedding."""
-        base = dict(family="gpt2", norm="layernorm", position="learned", activation="gelu_tanh", bias=True,
-                    tie_embeddings=True)
+        """GPT-2: learned positions, LayerNorm, tanh-GELU MLP, biases, head tied to the
+        embedding."""
+        base = dict(family="gpt2", norm="layernorm", position="learned", activation="gelu_tanh",
+                    bias=True, tie_embeddings=True)
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -126,9 +137,10 @@ class ModelConfig:
         Default sizes are those of SmolLM2-135M (a LLaMA-shaped model), with an untied head.
         """
         base = dict(
-            family="llama", vocab_size=49152, context_length=2048, dims=576, n_layers=30, n_heads=9, n_kv_heads=3,
-            ffn_dims=1536, norm="rmsnorm", position="rope", activation="swiglu", bias=False, tie_embeddings=False,
-            rope_theta=100000.0, norm_eps=1e-5,
+            family="llama", vocab_size=49152, context_length=2048, dims=576, n_layers=30,
+            n_heads=9, n_kv_heads=3, ffn_dims=1536, norm="rmsnorm", position="rope",
+            activation="swiglu", bias=False, tie_embeddings=False, rope_theta=100000.0,
+            norm_eps=1e-5,
         )
         return cls(**{**base, **overrides})
 
@@ -142,19 +154,22 @@ class ModelConfig:
     def from_dict(cls, values: dict) -> "ModelConfig":
         """The inverse of ``to_dict``; unknown keys are an error, not silently dropped.
 
-        Legacy reading: a dict without ``family`` (written before the field existed) gets it from its
-        positions, "learned" → "gpt2", anything else → "llama". This is the only place it is inferred.
+        Legacy reading: a dict without ``family`` (written before the field existed) gets it from
+        its positions, "learned" → "gpt2", anything else → "llama". This is the only place it is
+        inferred.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields are {sorted(known)}")
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields are "
+                             f"{sorted(known)}")
         if "family" not in values:
-            values = {**values, "family": "gpt2" if values.get("position", "learned") == "learned" else "llama"}
+            values = {**values, "family": "gpt2" if values.get("position", "learned") == "learned"
+                      else "llama"}
         return cls(**values)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training. Built in Chapter 6, Training.
 
 # parameters and activations in float32 or bfloat16, or bfloat16 compute over float32 master weights

@@ -2,11 +2,13 @@
 
 `get_path("tinyshakespeare")` returns a local path to the verified file. Lookup order:
 1. the folder in `$MLXLLM_DATA_DIR` (a local copy, e.g. for offline CI), under its usual names;
-2. the user cache (`~/Library/Caches/mlxllm` on macOS, `$XDG_CACHE_HOME/mlxllm` or `~/.cache/mlxllm` elsewhere);
-3. a download into that cache (once; written to a temporary file, verified, then renamed into place).
+2. the user cache (`~/Library/Caches/mlxllm` on macOS, `$XDG_CACHE_HOME/mlxllm` or
+   `~/.cache/mlxllm` elsewhere);
+3. a download into that cache (once; written to a temporary file, verified, then renamed into
+   place).
 
-`tokenize_corpus(name_or_path, tokenizer)` turns a corpus into a cached id array, `split_ids` cuts it
-into train/validation, and `get_batch` draws seeded (inputs, targets) windows (Chapter 6).
+`tokenize_corpus(name_or_path, tokenizer)` turns a corpus into a cached id array, `split_ids` cuts
+it into train/validation, and `get_batch` draws seeded (inputs, targets) windows (Chapter 6).
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ CORPORA: dict[str, DataFile] = {
         1_115_394,
         ("input.txt", "tinyshakespeare/input.txt"),
     ),
-    # Six short TinyStories (Eldan & Li 2023) separated by <|endoftext|>, from stanford-cs336/assignment1-basics.
+    # Six short TinyStories (Eldan & Li 2023) separated by <|endoftext|>, from
+    # stanford-cs336/assignment1-basics.
     "tinystories_sample": DataFile(
         "tinystories_sample.txt",
-        "https://raw.githubusercontent.com/stanford-cs336/assignment1-basics/main/tests/fixtures/tinystories_sample.txt",
+        "https://raw.githubusercontent.com/stanford-cs336/assignment1-basics/main/tests/fixtures/"
+        "tinystories_sample.txt",
         ("defaedb58bf28079f3e29c6142cb7f3568d331a577e0911c5d7925c465c50c43",),
         3_794,
     ),
@@ -94,12 +98,14 @@ def sha256_of(path: Path) -> str:
 
 
 def _check(path: Path, entry: DataFile, name: str) -> Path:
-    """Return `path` if its sha256 is one we accept, else raise a ValueError that says what to do."""
+    """Return `path` if its sha256 is one we accept, else raise a ValueError that says what to
+    do."""
     actual = sha256_of(path)
     if actual not in entry.sha256:
         raise ValueError(
             f"{path} does not match the known {name!r} file (sha256 {actual}, expected "
-            f"{' or '.join(entry.sha256)}). Replace it with the file from {entry.url or 'its source'}."
+            f"{' or '.join(entry.sha256)}). Replace it with the file from "
+            f"{entry.url or 'its source'}."
         )
     return path
 
@@ -108,7 +114,8 @@ def _download(entry: DataFile, name: str, target: Path) -> Path:
     """Download `entry` to `target` atomically; a copy with the wrong checksum is deleted."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target) as temporary:
-        with open(temporary, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as response:
+        with open(temporary, "wb") as out, \
+                urllib.request.urlopen(entry.url, timeout=60) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
         _check(temporary, entry, name)
@@ -136,12 +143,12 @@ def get_path(name: str) -> Path:
         where = f"{data_dir}/{entry.filename} (MLXLLM_DATA_DIR)" if data_dir else str(cached)
         raise FileNotFoundError(
             f"could not get {name!r} ({error}). Download {entry.url or 'it'} "
-            f"({entry.size:,} bytes) yourself and save it as {where}, or set MLXLLM_DATA_DIR to a folder "
-            f"that contains {entry.filename}."
+            f"({entry.size:,} bytes) yourself and save it as {where}, or set MLXLLM_DATA_DIR to a "
+            f"folder that contains {entry.filename}."
         ) from None
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Tokenized corpora and random batches. Built in Chapter 6, Training.
 
 
@@ -151,8 +158,8 @@ def corpus_path(source: str | Path) -> Path:
         return get_path(source)
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"unknown corpus {str(source)!r}: not a named corpus ({', '.join(sorted(CORPORA))}) "
-                         "and not an existing text file")
+        raise ValueError(f"unknown corpus {str(source)!r}: not a named corpus "
+                         f"({', '.join(sorted(CORPORA))}) and not an existing text file")
     return path
 
 
@@ -168,14 +175,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def encode_text(tokenizer, text: str) -> list[int]:
     """Encode a whole corpus; special tokens written in it (``<|endoftext|>``) become their ids."""
-    return tokenizer.encode(text, allowed_special="all")  # every tokenizer takes it (TokenizerProtocol)
+    # every tokenizer takes it (TokenizerProtocol)
+    return tokenizer.encode(text, allowed_special="all")
 
 
-def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True, corpus_sha256: str | None = None) -> np.ndarray:
+def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True,
+                    corpus_sha256: str | None = None) -> np.ndarray:
     """All token ids of a corpus as a 1-D uint16 (vocab ≤ 65,536) or uint32 array, cached on disk.
 
-    The cache file ``<cache_dir>/tokens/<name>-<corpus sha256>-<tokenizer sha256>.npy`` is keyed by the
-    corpus bytes and the tokenizer, so a changed file or a retrained tokenizer never reuses stale ids.
+    The cache file ``<cache_dir>/tokens/<name>-<corpus sha256>-<tokenizer sha256>.npy`` is keyed by
+    the corpus bytes and the tokenizer, so a changed file or a retrained tokenizer never reuses
+    stale ids.
     ``corpus_sha256``: the file's digest, when the caller has computed it already.
     """
     path = corpus_path(source)
@@ -204,35 +214,39 @@ def split_ids(ids: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, n
     return ids[:n_train], ids[n_train:]
 
 
-def get_batch(ids: mx.array, batch_size: int, context: int, key: mx.array) -> tuple[mx.array, mx.array]:
+def get_batch(ids: mx.array, batch_size: int, context: int,
+              key: mx.array) -> tuple[mx.array, mx.array]:
     """``batch_size`` random windows of ``context`` tokens, and the same windows shifted by one.
 
     inputs[b, t] = ids[s_b + t] and targets[b, t] = ids[s_b + t + 1] (the next token), with start
-    offsets s_b drawn uniformly from ``key``: the same key gives the same batch. Both (B, T) int32.
+    offsets s_b drawn uniformly from ``key``: the same key gives the same batch. Both (B, T)
+    int32.
     """
     if len(ids) < context + 1:
-        raise ValueError(f"{len(ids)} tokens are too few for windows of context {context} (+1 target); "
-                         "use a smaller context or a larger corpus")
+        raise ValueError(f"{len(ids)} tokens are too few for windows of context {context} "
+                         "(+1 target); use a smaller context or a larger corpus")
     starts = mx.random.randint(0, len(ids) - context, (batch_size,), key=key)  # (B,)
     windows = ids[starts[:, None] + mx.arange(context + 1)].astype(mx.int32)  # (B, T + 1)
     return windows[:, :-1], windows[:, 1:]
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A corpus made ready for training: tokenizer, ids, split, and a record of what it was. Chapter 6.
 
 TOKENIZER_SPECS = "char | gpt2 | bpe:VOCAB_SIZE"
 
 
 def build_tokenizer(spec: str, text: str):
-    """``char`` (from the text's characters), ``gpt2`` (GPT-2's files) or ``bpe:VOCAB`` (trained on the text)."""
+    """``char`` (from the text's characters), ``gpt2`` (GPT-2's files) or ``bpe:VOCAB`` (trained
+    on the text)."""
     from mlxllm.tokenizer import CharTokenizer, Tokenizer
 
     if spec == "char":
         return CharTokenizer.train(text)
     if spec == "gpt2":
         return Tokenizer.from_gpt2_files(get_path("gpt2-vocab"), get_path("gpt2-merges"))
-    if isinstance(spec, str) and spec.startswith("bpe:") and spec[4:].isdigit() and int(spec[4:]) >= 256:
+    if (isinstance(spec, str) and spec.startswith("bpe:") and spec[4:].isdigit()
+            and int(spec[4:]) >= 256):
         return Tokenizer.train(text, int(spec[4:]))
     raise ValueError(f"unknown tokenizer {spec!r}; use {TOKENIZER_SPECS} (VOCAB_SIZE >= 256)")
 
@@ -247,21 +261,25 @@ def describe_corpus(source: str | Path, path: Path | None = None) -> dict:
 
 @dataclass
 class PreparedCorpus:
-    """Training and validation ids of one corpus, the tokenizer that made them, and where they came from."""
+    """Training and validation ids of one corpus, the tokenizer that made them, and where they
+    came from."""
 
     train_ids: np.ndarray
     val_ids: np.ndarray
     tokenizer: object
-    source: dict  # {"corpus", "corpus_sha256", "tokenizer"}: recorded in checkpoints, checked on resume
+    # {"corpus", "corpus_sha256", "tokenizer"}: recorded in checkpoints, checked on resume
+    source: dict
 
 
 def prepare_corpus(source: str | Path, tokenizer, val_fraction: float = 0.1) -> PreparedCorpus:
-    """corpus → tokenizer (a spec such as ``"char"``, or a tokenizer) → cached ids → train/validation split."""
+    """corpus → tokenizer (a spec such as ``"char"``, or a tokenizer) → cached ids →
+    train/validation split."""
     path = corpus_path(source)  # found (and, for a named corpus, verified) once
     described = describe_corpus(source, path)
     spec = tokenizer if isinstance(tokenizer, str) else f"{type(tokenizer).__name__} (given)"
     if isinstance(tokenizer, str):
         tokenizer = build_tokenizer(tokenizer, path.read_text(encoding="utf-8"))
-    train_ids, val_ids = split_ids(tokenize_corpus(path, tokenizer, corpus_sha256=described["corpus_sha256"]),
+    train_ids, val_ids = split_ids(tokenize_corpus(path, tokenizer,
+                                                   corpus_sha256=described["corpus_sha256"]),
                                    val_fraction)
     return PreparedCorpus(train_ids, val_ids, tokenizer, {**described, "tokenizer": spec})

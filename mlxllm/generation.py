@@ -1,4 +1,4 @@
-"""Part 4 — Generation: turn next-token logits into text, one sampled token at a time. Chapter 5.
+"""Generation (Chapter 5): turn next-token logits into text, one sampled token at a time.
 
 A sampler is built once from its settings (validated once, as mlx-lm's ``make_sampler`` does) and
 the decode loop just calls it: prefill the prompt into the KV cache, then feed each choice back in.
@@ -154,7 +154,8 @@ def make_request(model: TransformerLM, prompt_ids: Iterable[int], max_new_tokens
         raise ValueError(f"the prompt has {len(prompt)} tokens but the model sees at most "
                          f"context_length={context_length}; shorten the prompt (keep its last "
                          f"{context_length} tokens)")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 0):
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if key is None:
         key = mx.random.key(seed) if seed is not None else \
@@ -303,8 +304,9 @@ def generate_batch(model: TransformerLM, prompts: list[list[int]], max_new_token
     requests = [make_request(model, p, max_new_tokens, sampler, key=key) for p in prompts]
     length, context_length = len(prompts[0]), model.config.context_length
     if length + max_new_tokens - 1 > context_length:
-        raise ValueError(f"{length} prompt tokens + {max_new_tokens} new ones exceed context_length="
-                         f"{context_length}; ask for at most {context_length - length + 1} tokens")
+        raise ValueError(f"{length} prompt tokens + {max_new_tokens} new ones exceed "
+                         f"context_length={context_length}; ask for at most "
+                         f"{context_length - length + 1} tokens")
     key, greedy = requests[0].key, requests[0].greedy
     stop = mx.array(sorted({int(i) for i in stop_ids}) or [-1])
     cache, rows = model.make_cache(), mx.array(prompts)  # (B, T)

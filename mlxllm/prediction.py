@@ -1,4 +1,4 @@
-"""Part 4 — Next-token prediction: logits → probabilities, the losses, bits per byte.
+"""Next-token prediction (Chapter 5): logits → probabilities, the losses, bits per byte.
 
 The logits at position t are the model's guess for token t+1: training compares them with the input
 shifted by one (here); generation samples from the last position and feeds the choice back in
@@ -19,16 +19,16 @@ def probabilities(logits: mx.array) -> mx.array:
 
 
 def cross_entropy(logits: mx.array, targets: mx.array, z_loss: float = 0.0) -> mx.array:
-    """Mean over positions of logsumexp(logits) − logit[target], in nats per token. Built in Chapter 5.
+    """Mean over positions of logsumexp(logits) − logit[target], in nats per token.
 
-    ``mx.fast.cross_entropy`` computes each position's term in one fused kernel on a GPU (the CPU runs
-    the same two steps unfused). ``z_loss > 0`` adds z_loss · mean(logsumexp²), which keeps the softmax
-    normaliser log Z near 0 (PaLM; Chapter 8). Unlike ``nn.losses.cross_entropy`` the default reduction
-    is already the mean.
+    Built in Chapter 5. ``mx.fast.cross_entropy`` computes each position's term in one fused kernel
+    on a GPU (the CPU runs the same two steps unfused). ``z_loss > 0`` adds
+    z_loss · mean(logsumexp²), which keeps the softmax normaliser log Z near 0 (PaLM; Chapter 8).
+    Unlike ``nn.losses.cross_entropy`` the default reduction is already the mean.
     """
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {logits.shape} and targets {targets.shape} disagree: logits must be "
-                         "targets.shape + (vocab_size,)")
+        raise ValueError(f"logits {logits.shape} and targets {targets.shape} disagree: logits "
+                         "must be targets.shape + (vocab_size,)")
     logits = logits.astype(mx.float32)
     loss = mx.fast.cross_entropy(logits, targets).mean()  # (B, T) → scalar
     if z_loss:

@@ -1,7 +1,7 @@
-"""Supervised fine-tuning on chat data: conversations → rows of (inputs, targets) with the loss on the
-assistant's tokens only, the trainer of Chapter 6 on those rows, and exact-match evaluation by greedy
-generation. Data is mlx-lm's chat JSONL: one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line.
-Built in Chapter 9, Fine-tuning.
+"""Supervised fine-tuning on chat data: conversations → rows of (inputs, targets) with the loss on
+the assistant's tokens only, the trainer of Chapter 6 on those rows, and exact-match evaluation by
+greedy generation. Data is mlx-lm's chat JSONL: one
+``{"messages": [{"role": ..., "content": ...}, ...]}`` per line. Built in Chapter 9, Fine-tuning.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def load_jsonl(path: str | Path) -> list[list[dict]]:
     """The conversations of a chat JSONL file (mlx-lm's format), each checked. Chapter 9."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; make it with `python -m mlxllm.tasks` or give a "
-                                "JSONL file of {\"messages\": [...]} lines")
+        raise FileNotFoundError(f"{path} does not exist; make it with `python -m mlxllm.tasks` or "
+                                "give a JSONL file of {\"messages\": [...]} lines")
     conversations = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -67,11 +67,13 @@ def write_jsonl(conversations: list[list[dict]], path: str | Path) -> None:
 
 
 def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    """Token ids of a conversation in the model's chat template, and for each id whether the loss sees it.
+    """Token ids of a conversation in the model's chat template, and for each id whether the loss
+    sees it.
 
     Each assistant message's tokens (its text and its end-of-turn) are learned; the template's text
-    before them (system, user turns, the assistant header) is the prompt, masked. The text is encoded
-    piece by piece at those boundaries, so the mask is exact. Built in Chapter 9, Fine-tuning.
+    before them (system, user turns, the assistant header) is the prompt, masked. The text is
+    encoded piece by piece at those boundaries, so the mask is exact. Built in Chapter 9,
+    Fine-tuning.
     """
     check_conversation(messages)
     ids, learn, done = [], [], ""
@@ -81,8 +83,9 @@ def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
         prompt = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages[: i + 1], add_generation_prompt=False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise ValueError("this chat template does not render a conversation as a growing prefix, so the "
-                             "assistant's tokens cannot be told apart; use a model with a standard template")
+            raise ValueError("this chat template does not render a conversation as a growing "
+                             "prefix, so the assistant's tokens cannot be told apart; use a model "
+                             "with a standard template")
         for text, is_answer in ((prompt[len(done):], False), (full[len(prompt):], True)):
             piece = tokenizer.encode(text, allowed_special="all") if text else []
             ids += piece
@@ -94,7 +97,8 @@ def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
 def make_rows(tokenizer, conversations: list[list[dict]], length: int | None = None,
               mask_prompt: bool = True) -> np.ndarray:
     """(N, 2, T) int32 rows [inputs, targets] for the trainer; targets are ``IGNORE`` on the prompt
-    (``mask_prompt``) and on the right padding. T = ``length`` or the longest conversation − 1. Chapter 9.
+    (``mask_prompt``) and on the right padding. T = ``length`` or the longest conversation − 1.
+    Chapter 9.
 
     Right padding is exact under a causal mask: real tokens never attend to the pads after them.
     """
@@ -107,19 +111,23 @@ def pack_rows(rendered: list[tuple[list[int], list[bool]]], length: int | None =
     longest = max(len(ids) for ids, _ in rendered) - 1
     length = longest if length is None else length
     if longest > length:
-        raise ValueError(f"a conversation has {longest + 1} tokens, more than rows of {length} + 1 hold; "
-                         "raise the length or shorten the conversations")
+        raise ValueError(f"a conversation has {longest + 1} tokens, more than rows of {length} + 1 "
+                         "hold; raise the length or shorten the conversations")
     rows = np.full((len(rendered), 2, length), IGNORE, dtype=np.int32)
     rows[:, 0] = 0  # padding inputs: any valid id (their targets are ignored)
     for row, (ids, learn) in zip(rows, rendered):
         n = len(ids) - 1
         row[0, :n] = ids[:-1]
-        row[1, :n] = [t if (keep or not mask_prompt) else IGNORE for t, keep in zip(ids[1:], learn[1:])]
+        row[1, :n] = [t if (keep or not mask_prompt) else IGNORE
+                      for t, keep in zip(ids[1:], learn[1:])]
     return rows
 
 
 def finetune_config(**overrides) -> TrainConfig:
-    """TrainConfig defaults for LoRA fine-tuning: a higher peak rate, short warmup, no weight decay. Chapter 9."""
+    """TrainConfig defaults for LoRA fine-tuning: a higher peak rate, short warmup, no weight decay.
+
+    Chapter 9.
+    """
     settings = dict(steps=200, batch_size=16, lr=1e-3, min_lr=1e-4, warmup=20, weight_decay=0.0,
                     eval_interval=100, eval_batches=4, grad_clip=1.0)
     return TrainConfig(**{**settings, **overrides})
@@ -127,29 +135,34 @@ def finetune_config(**overrides) -> TrainConfig:
 
 def make_trainer(model: nn.Module, tokenizer, train: list[list[dict]], valid: list[list[dict]],
                  config: TrainConfig, mask_prompt: bool = True) -> Trainer:
-    """A ``Trainer`` over the chat rows of ``train`` / ``valid`` for ``model`` as it is (after ``apply_lora``:
-    only the adapters train). Built in Chapter 9, Fine-tuning."""
-    train_rendered, valid_rendered = ([render(tokenizer, m) for m in split] for split in (train, valid))
-    length = max(len(ids) for ids, _ in train_rendered + valid_rendered) - 1  # one row length for both
+    """A ``Trainer`` over the chat rows of ``train`` / ``valid`` for ``model`` as it is (after
+    ``apply_lora``: only the adapters train). Built in Chapter 9, Fine-tuning."""
+    train_rendered, valid_rendered = ([render(tokenizer, m) for m in split]
+                                      for split in (train, valid))
+    # one row length for both
+    length = max(len(ids) for ids, _ in train_rendered + valid_rendered) - 1
     train_rows = pack_rows(train_rendered, length, mask_prompt)
     valid_rows = pack_rows(valid_rendered, length, mask_prompt)
     model.train()
     mx.random.seed(config.seed)
     return Trainer(model, config, train_rows, valid_rows, make_optimizer(model, config), tokenizer,
-                   {"task": "sft", "train_conversations": len(train), "valid_conversations": len(valid)})
+                   {"task": "sft", "train_conversations": len(train),
+                    "valid_conversations": len(valid)})
 
 
 def prompt_and_answer(tokenizer, messages: list[dict]) -> tuple[list[int], str]:
-    """The prompt ids up to the last assistant message (with the assistant header) and that message."""
+    """The prompt ids up to the last assistant message (with the assistant header) and that
+    message."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     prompt = tokenizer.apply_chat_template(messages[:last], add_generation_prompt=True)
     return tokenizer.encode(prompt, allowed_special="all"), messages[last]["content"]
 
 
-def exact_match(model: nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 24,
-                batch_size: int = 64) -> tuple[float, list[dict]]:
+def exact_match(model: nn.Module, tokenizer, conversations: list[list[dict]],
+                max_new_tokens: int = 24, batch_size: int = 64) -> tuple[float, list[dict]]:
     """Share of conversations whose greedy answer (stopped at end of turn, stripped) equals the last
-    assistant message exactly, and every {prompt, expected, got}. Built in Chapter 9, Fine-tuning."""
+    assistant message exactly, and every {prompt, expected, got}. Built in Chapter 9,
+    Fine-tuning."""
     was_training = model.training
     model.eval()
     items = [prompt_and_answer(tokenizer, m) + (m,) for m in conversations]
@@ -165,8 +178,8 @@ def exact_match(model: nn.Module, tokenizer, conversations: list[list[dict]], ma
             for i, out in zip(chunk, outs):
                 answers[i] = tokenizer.decode(out).strip()
     model.train(was_training)
-    results = [{"prompt": next(x["content"] for x in reversed(m) if x["role"] == "user"), "expected": answer,
-                "got": got} for (_, answer, m), got in zip(items, answers)]
+    results = [{"prompt": next(x["content"] for x in reversed(m) if x["role"] == "user"),
+                "expected": answer, "got": got} for (_, answer, m), got in zip(items, answers)]
     return sum(r["got"] == r["expected"].strip() for r in results) / max(1, len(results)), results
 
 

@@ -89,7 +89,8 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainC
             loss, grads = loss + more_loss, tree_map(mx.add, grads, more_grads)
         if inputs.shape[0] > 1:
             loss, grads = loss / inputs.shape[0], tree_map(lambda g: g / inputs.shape[0], grads)
-        # data parallel (Appendix): one all-reduce makes every rank's gradient the global batch's mean
+        # data parallel (Appendix): one all-reduce makes every rank's gradient the global batch's
+        # mean
         loss, grads = all_mean(loss, group), nn.average_gradients(grads, group)
         return (loss, *apply_gradients(model, optimizer, config, grads))
 

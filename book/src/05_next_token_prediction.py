@@ -594,41 +594,20 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # a sampler once (`make_sampler`), then hands over to a generator that prefills and
 # decodes. `stop_ids` ends the answer at an end-of-turn token, which is not yielded
 # ([Chapter 7](07_pretrained.ipynb) uses it to chat). Its code is in
-# `mlxllm/generation.py`; here are those pieces at work on §5.6's two runs.
-#
-# After the prompt, `generate` decodes one token per step, and most of each step is
-# *compiled*. Attention over the cache changes shape with every token (one more key), so
-# it stays outside `mx.compile`, on MLX's fused one-query kernel, and so does the cache
-# write: one slice update per block, since the step keeps each layer's keys and values
-# in one buffer (keys in the first heads, values after them), filled once from the
-# prefill's `KVCache`. The work between two attentions is one compiled *stage*, traced
-# once for its single shape: block i's output projection, residuals and feed-forward,
-# then block i+1's norm, q/k/v projections and RoPE (the position goes in as an array,
-# so one trace serves every position). The first stage starts at the embedding, the last
-# ends with the final norm, the head and the sampler. The q, k and v projections run as
-# one matrix product (their weights stacked by rows), and SwiGLU's gate and up are one
-# product too, its output cut by rows (a column slice keeps the whole row's stride, and
-# the next matrix product would first copy it). RoPE is written out as elementwise math
-# over the whole q/k/v row, `x·cos θ + sign·partner·sin θ`, with angle 0 for the v
-# heads: compiled, that is one kernel, and k and v come out side by side, ready for the
-# one cache write (the tests check it against `mx.fast.rope`: bit for bit on the CPU, on
-# a GPU within the float32 rounding of the angle, which grows with the position). For a
-# model this small much of a token's time is overhead (Python building the graph, the
-# runtime launching one kernel per small operation): compiling fuses the elementwise
-# operations, stacking the weights halves the matrix products, and a block's Python work
-# becomes one call. Even operations that launch no kernel cost the host time, so the
-# stages have few of them: the token travels as one (1, C) row rather than (1, 1, C) (no
-# reshape around each matrix product), each weight is transposed once (again only when
-# it changes) rather than in every step, and the weights are constants of the traces
-# (traced again when `generate` finds new ones, after training for instance).
-# Each step is queued before the
-# token before it is read, so the device never waits for Python. Measure before
-# believing it: `benchmarks/README.md` has the runs. An earlier version
-# compiled blocks of 8 whole steps over a fixed-size cache whose empty slots were
-# masked out; the mask took attention off the fused kernel, and on an H100 those blocks
-# were slower than the plain path. `compiled=False` decodes through the plain `KVCache`
-# of §5.7
-# instead, one token at a time, and gives the same tokens:
+# `mlxllm/generation.py`, and it is the loop of §5.7 and of
+# [Chapter 3](03_attention.ipynb)'s `KVCache`, nothing more: the prompt through the model
+# once, then one model call on one token per step. Two details keep it quick without
+# changing what it computes: the LM head sees only the last position, and each step is
+# queued (`mx.async_eval`) before the token before it is read, so the device never waits
+# for Python. Here is the decode loop itself:
+
+# %%
+from mlxllm import generation
+
+print(inspect.getsource(generation.decode))
+
+# %% [markdown]
+# And here are those pieces at work on §5.6's two runs:
 
 # %%
 # stop_ids: the sampled run again, now ending at its sixth token, which is not yielded
@@ -641,17 +620,17 @@ assert ends_before and stop not in stopped and len(stopped) <= 5
 # a sampler built once with make_sampler draws what the same keywords draw
 sampler = make_sampler(temperature=1.0, top_p=0.95)
 assert list(generate(model, prompt_ids, 16, sampler=sampler, seed=0)) == sampled
-# the plain KVCache path (compiled=False) gives the compiled step's tokens: exactly on
-# the CPU; on a GPU the two paths run different kernels, whose rounding can break a tie
-# between this untrained model's near-equal logits either way (the tests compare the
-# logits within the tolerance policy there)
-plain = list(generate(model, prompt_ids, 16, temperature=0, compiled=False))
-if mx.default_device() == mx.cpu:
-    assert plain == greedy
+
+# %% [markdown]
+# On a GPU a small model's step is short enough that most of its time is overhead: Python
+# building the graph and the runtime launching one kernel per small operation.
+# [Chapter 10](10_making_it_fast.ipynb) measures that and builds a second, compiled decode
+# engine that gives these same tokens faster; the `mlxllm` command uses it. It lives apart,
+# in `mlxllm.fast`, so that the code this chapter teaches stays the code that runs.
 
 # %% [markdown]
 # How fast is it, against an independent implementation? `benchmarks/bench_generate.py`
-# runs our `generate` and mlx-lm's `generate_step` on the same weights (a ~56M-parameter
+# runs this `generate` (and Chapter 10's engine) and mlx-lm's `generate_step` on the same weights (a ~56M-parameter
 # LLaMA-style model, greedy, asserting both produce the same tokens) and compares decode
 # and prefill tokens per second, next to the memory-bandwidth bound: every decoded token
 # reads every weight once, so tokens/s can never exceed bandwidth ÷ weight bytes. This
@@ -659,15 +638,13 @@ if mx.default_device() == mx.cpu:
 # be checked like the rest of the page); the dated results, with the machine, the MLX
 # version and the ratios of each run, are in `benchmarks/README.md` ("Latest results").
 #
-# On the 2-core Linux CPU this book is tested on, those results show ours level with
-# mlx-lm at prefill and at decoding.
-# That is what one should expect: both run the same matrix products through the same
-# MLX kernels. Two things keep ours level: the LM head is applied to the last position
-# only, and the prompt's other tokens are run only for their keys and values (MLX never
-# computes what nothing uses). The same file records the opposite on NVIDIA GPUs (an
-# H200, and later an H100): there ours prefills faster than mlx-lm, and how decoding
-# compares is recorded per run and per version of the decode step, so "level" is a
-# statement about the CPU runs only.
+# On the 2-core Linux CPU this book is tested on, this `generate` is level with mlx-lm at
+# prefill and at decoding. That is what one should expect: both run the same matrix
+# products through the same MLX kernels, and mlx-lm's `generate_step` is this same loop
+# (it too calls its plain model once per token). Two things keep ours level: the LM head
+# is applied to the last position only, and the prompt's other tokens are run only for
+# their keys and values (MLX never computes what nothing uses). The GPU runs, and the
+# compiled engine's, are in [Chapter 10](10_making_it_fast.ipynb).
 #
 # ## Exercises
 #

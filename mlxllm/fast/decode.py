@@ -1,4 +1,5 @@
-"""The decode engine: ``mlxllm.generate``'s tokens from compiled stages, for a GPU's sake. Chapter 10.
+"""The decode engine: ``mlxllm.generate``'s tokens from compiled stages, for a GPU's sake.
+Chapter 10.
 
 A small model's decode step on a GPU is bound by the host: Python building the graph and the
 runtime launching one kernel per small operation, not by FLOPs or memory. The engine gives each
@@ -47,13 +48,15 @@ def unsupported(model: nn.Module) -> str | None:
         return "the model is in training mode with dropout, which the compiled stages leave out"
     for i, block in enumerate(model.blocks):
         attention, ffn = block.attention, block.ffn
-        parts = {"block": (block, (TransformerBlock,)), "attention": (attention, (MultiHeadAttention,)),
+        parts = {"block": (block, (TransformerBlock,)),
+                 "attention": (attention, (MultiHeadAttention,)),
                  "ffn": (ffn, (MLP, SwiGLU)), "attention_norm": (block.attention_norm, NORM_TYPES),
                  "ffn_norm": (block.get("ffn_norm", nn.Identity()), NORM_TYPES),
                  "rope": (attention.rope, (RoPE, type(None)))}
         for name, (module, kinds) in parts.items():
             if type(module) not in kinds:
-                return f"blocks.{i}.{name} is a {type(module).__name__}, which the engine does not know"
+                return (f"blocks.{i}.{name} is a {type(module).__name__}, which the engine does "
+                        "not know")
     return None
 
 
@@ -77,7 +80,8 @@ class DecodeEngine:
                  sampler: Sampler | None = None, seed: int | None = None,
                  key: mx.array | None = None, stop_ids: Iterable[int] = ()) -> Iterator[int]:
         """Yield new token ids as ``mlxllm.generate`` does; ``sampler`` from ``make_sampler``
-        (default: temperature 1), or any function of mx operations (it runs inside ``mx.compile``)."""
+        (default: temperature 1), or any function of mx operations (it runs inside
+        ``mx.compile``)."""
         sampler = make_sampler() if sampler is None else sampler
         request = make_request(self.model, prompt_ids, max_new_tokens, sampler, seed, key, stop_ids)
         self.fallback = unsupported(self.model)
@@ -92,7 +96,8 @@ class DecodeEngine:
         model, key, stream = self.model, request.key, generation_stream()
         context_length, cache = model.config.context_length, model.make_cache()
         with mx.stream(stream):  # the prompt and the first token as the core makes them
-            token, key = next_token(model, prefill(model, request.prompt, cache), cache, request, key)
+            token, key = next_token(model, prefill(model, request.prompt, cache), cache, request,
+                                    key)
         history, step, joined = list(request.prompt), None, None
 
         def following(token: mx.array) -> mx.array:
@@ -127,7 +132,8 @@ class DecodeEngine:
             self.stages = [Stage(self.blocks[0].enter, [self.blocks[0]])]
             for left, right in itertools.pairwise(self.blocks):  # leave one block, enter the next
                 self.stages.append(Stage(lambda x, h, out, position, left=left, right=right:
-                                         right.enter(left.leave(x, h, out), position), [left, right]))
+                                         right.enter(left.leave(x, h, out), position),
+                                         [left, right]))
         for block in self.blocks:
             block.refresh()  # the model's current weights, joined again where they changed
         for stage in self.stages:
@@ -210,7 +216,8 @@ class BlockDecode:
         self.gate_up = JoinedLinear(gate_up) if gate_up and JoinedLinear.joinable(gate_up) else None
         n_qk = attention.n_heads + attention.n_kv_heads
         rotate = attention.rope is not None and self.qkv is not None and not attention.qk_norm
-        self.rotation = Rotation(attention.rope, n_qk, n_qk + attention.n_kv_heads) if rotate else None
+        self.rotation = Rotation(attention.rope, n_qk, n_qk + attention.n_kv_heads) \
+            if rotate else None
         self.o = self.down = None
 
     def modules(self) -> list[nn.Module]:
@@ -225,7 +232,8 @@ class BlockDecode:
         self.down = Transposed.of(self.block.ffn.down_proj, self.down)
 
     def enter(self, x: mx.array, position: mx.array) -> tuple[mx.array, ...]:
-        """x (1, C) → (x, h, q, kv): ``h`` what attention reads, q (1, H, 1, D), kv (1, 2 H_kv, 1, D)."""
+        """x (1, C) → (x, h, q, kv): ``h`` what attention reads, q (1, H, 1, D),
+        kv (1, 2 H_kv, 1, D)."""
         block = self.block
         h = block.attention_norm(x) if block.pre_norm or block.parallel else x  # (1, C)
         return (x, h, *self.heads(h, position))

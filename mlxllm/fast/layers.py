@@ -110,7 +110,8 @@ class Rotation:
         self.frequencies = {}
         for device, frequency in ((mx.DeviceType.cpu, on_cpu), (mx.DeviceType.gpu, on_gpu)):
             angles = mx.where(rotated, frequency, 0.0)  # (heads, D/2); v heads stay still
-            self.frequencies[device] = angles[:, :, None] if self.traditional else angles[:, None, :]
+            self.frequencies[device] = \
+                angles[:, :, None] if self.traditional else angles[:, None, :]
         mx.eval(self.frequencies)
 
     def __call__(self, x: mx.array, position: mx.array) -> mx.array:

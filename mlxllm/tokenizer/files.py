@@ -48,16 +48,19 @@ def unescape(text: str) -> bytes:
 def show(token: bytes) -> str:
     """A token for people: its UTF-8 text with control characters escaped (bad bytes as \\xNN)."""
     text = token.decode("utf-8", errors="backslashreplace")
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode()
+                   for c in text)
 
 
 def checksum(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def write_tokenizer(path, pattern, byte_ids, merges, special_tokens, extra_tokens, settings, vocab) -> None:
+def write_tokenizer(path, pattern, byte_ids, merges, special_tokens, extra_tokens, settings,
+                    vocab) -> None:
     lines = [f"{MAGIC} v{VERSION}", f"pattern\t{json.dumps(pattern)}", "bytes\t256"]
-    lines += [f"{b}\t{'-' if token_id is None else token_id}\t{escape(bytes([b]))}" for b, token_id in enumerate(byte_ids)]
+    lines += [f"{b}\t{'-' if token_id is None else token_id}\t{escape(bytes([b]))}"
+              for b, token_id in enumerate(byte_ids)]
     lines.append(f"merges\t{len(merges)}")
     for a, b, new in merges:
         lines.append(f"{new}\t{a}\t{b}\t{escape(vocab[a])}\t{escape(vocab[b])}")
@@ -78,8 +81,10 @@ class _Lines:
         try:
             text = Path(path).read_bytes().decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError(f"{path} is not an mlxllm tokenizer file (it is not UTF-8 text)") from None
-        # our writer never puts a raw CR in a line (tokens are escaped), so CRLF is only a line ending
+            raise ValueError(f"{path} is not an mlxllm tokenizer file (it is not UTF-8 "
+                             "text)") from None
+        # our writer never puts a raw CR in a line (tokens are escaped), so CRLF is only a line
+        # ending
         self.lines = text.replace("\r\n", "\n").split("\n")
         self.number = 0
 
@@ -98,7 +103,8 @@ class _Lines:
     def fields(self, expected: str, count: int) -> list[str]:
         fields = self.next(expected).split("\t")
         if len(fields) != count:
-            self.fail(f"expected {expected} ({count} tab-separated fields), got {len(fields)} fields")
+            self.fail(f"expected {expected} ({count} tab-separated fields), "
+                      f"got {len(fields)} fields")
         return fields
 
     def text_so_far(self) -> str:
@@ -134,15 +140,18 @@ class _Lines:
 
 
 def read_tokenizer(path) -> dict:
-    """The `Tokenizer` constructor's arguments from a file written by `write_tokenizer` (v1 or v2)."""
+    """The `Tokenizer` constructor's arguments from a file written by `write_tokenizer` (v1 or
+    v2)."""
     reader = _Lines(path)
     header = reader.next("the header")
     versions = {f"{MAGIC} v{v}": v for v in READABLE_VERSIONS}
     if header not in versions:
         if header.startswith(f"{MAGIC} v"):
             reader.fail(f"format {header[len(MAGIC) + 1:]!r} is not supported (this mlxllm reads "
-                        f"{', '.join(f'v{v}' for v in READABLE_VERSIONS)}); a newer mlxllm wrote it?")
-        reader.fail(f"not an mlxllm tokenizer file: expected the header {MAGIC!r} v{VERSION}, got {header[:40]!r}")
+                        f"{', '.join(f'v{v}' for v in READABLE_VERSIONS)}); a newer mlxllm wrote "
+                        "it?")
+        reader.fail(f"not an mlxllm tokenizer file: expected the header {MAGIC!r} v{VERSION}, "
+                    f"got {header[:40]!r}")
     version = versions[header]
     key, pattern = reader.fields("the pattern", 2)
     if key != "pattern":
@@ -193,8 +202,8 @@ def read_tokenizer(path) -> dict:
         if key != "checksum":
             reader.fail(f"expected the 'checksum' line, found {key!r}")
         if checksum(written) != expected:
-            raise ValueError(f"{path} is damaged: its content does not match its sha256 checksum (was it edited "
-                             "or cut?); save the tokenizer again from its source")
+            raise ValueError(f"{path} is damaged: its content does not match its sha256 checksum "
+                             "(was it edited or cut?); save the tokenizer again from its source")
         fields.update(extra_tokens=extra_tokens, **settings)
     if reader.next("the 'end' line") != "end":
         reader.fail("expected the 'end' line (more lines than the section counts say?)")
@@ -203,19 +212,22 @@ def read_tokenizer(path) -> dict:
 
 def vocab_listing(byte_ids, merges, special_tokens, extra_tokens, vocab) -> str:
     """One line per token, in id order: id, the token's text, how it was made."""
-    made = {token_id: f"byte 0x{b:02x}" for b, token_id in enumerate(byte_ids) if token_id is not None}
+    made = {token_id: f"byte 0x{b:02x}" for b, token_id in enumerate(byte_ids)
+            if token_id is not None}
     made.update({token_id: "extra (decoded only)" for token_id in extra_tokens})
     for a, b, new in merges:
         made[new] = f"[{show(vocab[a])}] + [{show(vocab[b])}]"
     for token, token_id in special_tokens.items():
         made[token_id] = "special"
-    return "".join(f"{token_id}\t[{show(vocab[token_id])}]\t{made[token_id]}\n" for token_id in sorted(vocab))
+    return "".join(f"{token_id}\t[{show(vocab[token_id])}]\t{made[token_id]}\n"
+                   for token_id in sorted(vocab))
 
 
 def gpt2_byte_to_unicode() -> dict[int, str]:
     """GPT-2's files write each byte as a printable character: printable bytes as themselves,
     the others shifted to U+0100 and up (so a space is 'Ġ', a newline 'Ċ')."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     mapping = {b: chr(b) for b in printable}
     shifted = (b for b in range(256) if b not in mapping)
     for n, b in enumerate(shifted):
@@ -240,9 +252,11 @@ def read_gpt2_files(encoder_json, vocab_bpe):
     try:
         lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{vocab_bpe} is not GPT-2's vocab.bpe / merges.txt (not UTF-8 text: {error})") from None
+        raise ValueError(f"{vocab_bpe} is not GPT-2's vocab.bpe / merges.txt (not UTF-8 text: "
+                         f"{error})") from None
     for number, line in enumerate(lines, start=1):
-        line = line.removesuffix("\r")  # CRLF line ends; no token holds a raw CR (byte 13 is written 'č')
+        # CRLF line ends; no token holds a raw CR (byte 13 is written 'č')
+        line = line.removesuffix("\r")
         if not line or (number == 1 and line.startswith("#version")):
             continue  # the official file starts with '#version: 0.2'; copies often do not
         parts = line.split(" ")
@@ -255,13 +269,14 @@ def read_gpt2_files(encoder_json, vocab_bpe):
                 f"{vocab_bpe}, line {number}: token {error.args[0]!r} is not in {encoder_json}"
             ) from None
     special_tokens = {"<|endoftext|>": encoder.get("<|endoftext|>", 50256)}
-    # every other token of encoder.json must be made by a merge: if not, the merges file is cut short
+    # every other token of encoder.json must be made by a merge: if not, the merges file is cut
+    # short
     made = set(byte_ids) | {new for _, _, new in merges} | set(special_tokens.values())
     if unmade := [token for token, token_id in encoder.items() if token_id not in made]:
         raise ValueError(
-            f"{vocab_bpe} has {len(merges)} merges, but {len(unmade)} tokens of {encoder_json} (e.g. "
-            f"{unmade[:3]}) are made by none of them: the merges file is truncated or belongs to another "
-            "vocabulary; download both files again"
+            f"{vocab_bpe} has {len(merges)} merges, but {len(unmade)} tokens of {encoder_json} "
+            f"(e.g. {unmade[:3]}) are made by none of them: the merges file is truncated or "
+            "belongs to another vocabulary; download both files again"
         )
     return byte_ids, merges, special_tokens
 
@@ -279,7 +294,8 @@ def read_tiktoken_ranks(path) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except ValueError:
-            raise ValueError(f"{path}, line {number}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
+            raise ValueError(f"{path}, line {number}: expected '<base64 token> <rank>', "
+                             f"got {line[:60]!r}") from None
     if not ranks:
         raise ValueError(f"{path} holds no tokens")
     return ranks
