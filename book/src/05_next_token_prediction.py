@@ -594,12 +594,12 @@ if mx.default_device() == mx.cpu:  # arithmetic-bound: the cache saves most of t
 # a sampler once (`make_sampler`), then hands over to a generator that prefills and
 # decodes. `stop_ids` ends the answer at an end-of-turn token, which is not yielded
 # ([Chapter 7](07_pretrained.ipynb) uses it to chat). Its code is in
-# `mlxllm/generation.py`, and it is the loop of §5.7 and of
-# [Chapter 3](03_attention.ipynb)'s `KVCache`, nothing more: the prompt through the model
-# once, then one model call on one token per step. Two details keep it quick without
-# changing what it computes: the LM head sees only the last position, and each step is
-# queued (`mx.async_eval`) before the token before it is read, so the device never waits
-# for Python. Here is the decode loop itself:
+# `mlxllm/generation.py`, and it is the loop of §5.7 and of [Chapter
+# 3](03_attention.ipynb)'s `KVCache`, nothing more: the prompt through the model once,
+# then one model call on one token per step. Two details keep it quick without changing
+# what it computes: the LM head sees only the last position, and each step is queued
+# (`mx.async_eval`) before the token before it is read, so the device never waits for
+# Python. Here is the decode loop itself:
 
 # %%
 from mlxllm import generation
@@ -622,24 +622,26 @@ sampler = make_sampler(temperature=1.0, top_p=0.95)
 assert list(generate(model, prompt_ids, 16, sampler=sampler, seed=0)) == sampled
 
 # %% [markdown]
-# On a GPU a small model's step is short enough that most of its time is overhead: Python
-# building the graph and the runtime launching one kernel per small operation.
-# [Chapter 10](10_making_it_fast.ipynb) measures that and builds a second, compiled decode
-# engine that gives these same tokens faster; the `mlxllm` command uses it. It lives apart,
-# in `mlxllm.fast`, so that the code this chapter teaches stays the code that runs.
+# On a GPU a small model's step is short enough that most of its time is overhead:
+# Python building the graph and the runtime launching one kernel per small operation.
+# [Chapter 10](10_making_it_fast.ipynb) measures that and builds a second, compiled
+# decode engine that gives these same tokens faster; the `mlxllm` command uses it. It
+# lives apart, in `mlxllm.fast`, so that the code this chapter teaches stays the code
+# that runs.
 
 # %% [markdown]
 # How fast is it, against an independent implementation? `benchmarks/bench_generate.py`
-# runs this `generate` (and Chapter 10's engine) and mlx-lm's `generate_step` on the same weights (a ~56M-parameter
-# LLaMA-style model, greedy, asserting both produce the same tokens) and compares decode
-# and prefill tokens per second, next to the memory-bandwidth bound: every decoded token
-# reads every weight once, so tokens/s can never exceed bandwidth ÷ weight bytes. This
-# page does not run it (its timings vary between machines and runs, so they could not
-# be checked like the rest of the page); the dated results, with the machine, the MLX
-# version and the ratios of each run, are in `benchmarks/README.md` ("Latest results").
+# runs this `generate` (and Chapter 10's engine) and mlx-lm's `generate_step` on the
+# same weights (a ~56M-parameter LLaMA-style model, greedy, asserting both produce the
+# same tokens) and compares decode and prefill tokens per second, next to the
+# memory-bandwidth bound: every decoded token reads every weight once, so tokens/s can
+# never exceed bandwidth ÷ weight bytes. This page does not run it (its timings vary
+# between machines and runs, so they could not be checked like the rest of the page);
+# the dated results, with the machine, the MLX version and the ratios of each run, are
+# in `benchmarks/README.md` ("Latest results").
 #
-# On the 2-core Linux CPU this book is tested on, this `generate` is level with mlx-lm at
-# prefill and at decoding. That is what one should expect: both run the same matrix
+# On the 2-core Linux CPU this book is tested on, this `generate` is level with mlx-lm
+# at prefill and at decoding. That is what one should expect: both run the same matrix
 # products through the same MLX kernels, and mlx-lm's `generate_step` is this same loop
 # (it too calls its plain model once per token). Two things keep ours level: the LM head
 # is applied to the last position only, and the prompt's other tokens are run only for

@@ -6,7 +6,7 @@
 # generate: model(token, cache)  ══▶  DecodeEngine: compiled stages, joined weights,
 #   one call per token                  one rotation kernel, one key/value buffer
 #          ▲                                        │
-#          └────── same tokens, asserted ───────────┘  (reads the weights, changes nothing)
+#          └────── same tokens, asserted ───────────┘  (reads weights, changes nothing)
 # ```
 #
 # Everything so far is written to be read: `generate` is the loop of
@@ -45,7 +45,8 @@ from mlxllm.fast.measure import decode_steps, host_microseconds, operations
 from mlxllm.tolerances import assert_close, bound
 
 results = json.loads(sorted(Path("results").glob("fast_*.json"))[-1].read_text())
-print(f"GPU results file: {results['date']}, {results['device']}, MLX {results['mlx']}, "
+print(f"GPU results file: {results['date']}, {results['device']}, "
+      f"MLX {results['mlx']}, "
       f"commit {results['commit']}")
 
 # %% [markdown]
@@ -94,7 +95,8 @@ def operation_table(results: dict) -> None:
           "   (µs: host time to build one step)")
     for name, a in results["anatomy"].items():
         print(f"{name:24}{a['core']['operations']:9}{a['fast']['operations']:9}"
-              f"{a['core']['host_us_per_step']:9.0f}{a['fast']['host_us_per_step']:9.0f}")
+              f"{a['core']['host_us_per_step']:9.0f}"
+              f"{a['fast']['host_us_per_step']:9.0f}")
 
 
 operation_table(results)
@@ -174,7 +176,8 @@ heads = mx.random.normal((1, n_q + 2 * n_kv, 1, D), key=mx.random.key(2))
 at = mx.array(37, dtype=mx.int32)
 mx.eval(heads)
 q, k, v = mx.split(heads, [n_q, n_q + n_kv], axis=1)
-core_way = mx.concatenate([rope(q, at), rope(k, at), v], axis=1)  # what the core computes
+# what the core computes: two rotations and a concatenation
+core_way = mx.concatenate([rope(q, at), rope(k, at), v], axis=1)
 turned = rotation(heads, at)
 ops = {"core": operations(core_way), "rotation": operations(turned)}
 assert_close(turned, core_way, rtol=bound() + 37 * 2**-20, what="rotation vs RoPE")
@@ -201,19 +204,20 @@ k1, v1 = mx.random.normal((2, 1, n_kv, 1, D), key=mx.random.key(4))
 keys, values = buffer.update_and_fetch(mx.concatenate([k1, v1], axis=1))
 expected_keys, expected_values = cache.update_and_fetch(k1, v1)
 assert mx.array_equal(keys, expected_keys) and mx.array_equal(values, expected_values)
-print("one buffer", tuple(buffer.kv.shape), "reads as the KVCache's keys", tuple(keys.shape),
+print("one buffer", tuple(buffer.kv.shape), "reads as the KVCache's keys",
+      tuple(keys.shape),
       "and values", tuple(values.shape))
 
 # %% [markdown]
 # **Compiled stages.** Attention over the cache changes shape with every token (one more
-# key), so it stays outside `mx.compile`, on MLX's fused one-query kernel, and so does the
-# cache write. Everything between two attentions is one compiled *stage*, traced once for
-# its single shape: block i's output projection, residuals and feed-forward, then block
-# i + 1's norm, joined projections and rotation (the position is an array input, so one
-# trace serves every position). Compiling fuses the elementwise work (norm scales,
-# residual adds, SwiGLU's gate) into a few kernels, and the block's Python work becomes
-# one call. The stage is the core block's arithmetic in the same order, on the joined
-# weights; here it is, `leave` then `enter`:
+# key), so it stays outside `mx.compile`, on MLX's fused one-query kernel, and so does
+# the cache write. Everything between two attentions is one compiled *stage*, traced
+# once for its single shape: block i's output projection, residuals and feed-forward,
+# then block i + 1's norm, joined projections and rotation (the position is an array
+# input, so one trace serves every position). Compiling fuses the elementwise work (norm
+# scales, residual adds, SwiGLU's gate) into a few kernels, and the block's Python work
+# becomes one call. The stage is the core block's arithmetic in the same order, on the
+# joined weights; here it is, `leave` then `enter`:
 
 # %%
 from mlxllm.fast.decode import BlockDecode
@@ -223,8 +227,9 @@ print(inspect.getsource(BlockDecode.leave))
 # %% [markdown]
 # ## 10.3 The engine, whole: the core's tokens, the model untouched
 #
-# `DecodeEngine(model).generate(...)` is used like `generate(model, ...)`, with a sampler
-# built once. Greedy tokens are the core's; seeded samples too (it splits the same keys):
+# `DecodeEngine(model).generate(...)` is used like `generate(model, ...)`, with a
+# sampler built once. Greedy tokens are the core's; seeded samples too (it splits the
+# same keys):
 
 # %%
 engine = DecodeEngine(model)
@@ -232,29 +237,34 @@ greedy = make_sampler(temperature=0)
 snapshot = [(name, id(array)) for name, array in tree_flatten(model.parameters())]
 fast = list(engine.generate(prompt, 40, sampler=greedy))
 core = list(generate(model, prompt, 40, temperature=0))
-logits = model(mx.array([prompt + core[:-1]]))[0, len(prompt) - 1 :]  # what each step saw
+# the logits each step saw, from one full pass
+logits = model(mx.array([prompt + core[:-1]]))[0, len(prompt) - 1 :]
 top2 = mx.sort(logits, axis=-1)[:, -2:]
-assert (top2[:, 1] - top2[:, 0]).min().item() > 10 * bound() * mx.abs(logits).max().item()
+margin = (top2[:, 1] - top2[:, 0]).min().item()
+assert margin > 10 * bound() * mx.abs(logits).max().item()  # no near-tie
 assert fast == core
 sampler = make_sampler(temperature=0.8, top_p=0.9)
 drawn = list(engine.generate(prompt, 40, sampler=sampler, seed=3))
-if mx.default_device() == mx.cpu:  # on a GPU a draw may part at a near-tie of other kernels' logits
+# on a GPU a draw may part at a near-tie of other kernels' logits (tests/test_fast.py
+# checks the GPU's draws with a sampler whose margins can be measured)
+if mx.default_device() == mx.cpu:
     assert drawn == list(generate(model, prompt, 40, sampler=sampler, seed=3))
-assert [(name, id(array)) for name, array in tree_flatten(model.parameters())] == snapshot
+after = [(name, id(array)) for name, array in tree_flatten(model.parameters())]
+assert after == snapshot
 print("engine == core: 40 greedy tokens; the model holds the same arrays as before:",
       fast[:10], "...")
 
 # %% [markdown]
 # And where the engine was not written for a model, it says why in one line and decodes
 # through the core. A model in training mode with dropout is one case (the stages leave
-# dropout out); a block feature added to the core later is another: a `ModelConfig` field
-# that the engine does not know, set away from its default, sends the model to the core.
-# So adding a feature touches the core and its test, and the engine either learns it
-# (with a test that it decodes equal) or steps aside; it never decodes differently.
+# dropout out); a block feature added to the core later is another: a `ModelConfig`
+# field that the engine does not know, set away from its default, sends the model to the
+# core. So adding a feature touches the core and its test, and the engine either learns
+# it (with a test that it decodes equal) or steps aside; it never decodes differently.
 
 # %%
 @dataclasses.dataclass
-class WindowedConfig(ModelConfig):  # as if the core had grown a sliding-window attention
+class WindowedConfig(ModelConfig):  # as if the core had grown sliding-window attention
     sliding_window: int | None = None
 
 
@@ -314,18 +324,20 @@ for compiled in (True, False):
     optimizer = make_optimizer(twin, train_config)
     step = make_train_step(twin, optimizer, train_config, compile=compiled)
     losses[compiled] = [step(inputs, targets)[0].item() for _ in range(3)]
-assert_close(mx.array(losses[True]), mx.array(losses[False]), what="compiled vs plain step")
+assert_close(mx.array(losses[True]), mx.array(losses[False]),
+             what="compiled vs plain step")
 print("three steps, compiled:", [round(x, 4) for x in losses[True]])
 
 # %% [markdown]
-# The loss is `mx.fast.cross_entropy`, one fused kernel on a GPU instead of a log-softmax
-# and a gather; it equals the loss written out (Chapter 5):
+# The loss is `mx.fast.cross_entropy`, one fused kernel on a GPU instead of a
+# log-softmax and a gather; it equals the loss written out (Chapter 5):
 
 # %%
 logits = model(inputs[0])
 by_hand = (mx.logsumexp(logits, axis=-1)
            - mx.take_along_axis(logits, targets[0][..., None], axis=-1)[..., 0]).mean()
-assert_close(cross_entropy(logits, targets[0]), by_hand, what="fused vs written-out loss")
+assert_close(cross_entropy(logits, targets[0]), by_hand,
+             what="fused vs written-out loss")
 print(f"cross-entropy {by_hand.item():.3f} nats, fused and by hand")
 
 # %% [markdown]
@@ -388,7 +400,7 @@ print("gate and up from one product:", gate.shape, up.shape)
 
 # %% tags=["hide-input"]
 model.train()
-assert unsupported(model) is None  # no dropout: training mode changes nothing in decoding
+assert unsupported(model) is None  # no dropout: training mode changes no decoding
 dropping = TransformerLM(dataclasses.replace(config, dropout=0.1))
 dropping.train()
 print("with dropout in training mode:", unsupported(dropping))
