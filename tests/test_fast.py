@@ -3,6 +3,7 @@ the CPU; on a GPU equal except at near-ties of the reference's logits, within th
 its pieces against the core pieces they stand in for, its fallback, and a model left untouched."""
 
 import dataclasses
+import itertools
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -63,17 +64,16 @@ def test_the_engines_step_logits_equal_full_recompute_past_the_first_chunk(kind)
     ids = mx.random.randint(0, 97, (1, 270), key=mx.random.key(4))
     cache = model.make_cache()
     model(ids[:, :250], cache=cache)  # prefill through the core, as the engine does
-    caches = [JoinedCache(layer_cache, 270) for layer_cache in cache]
+    caches = [JoinedCache(layer_cache, 260) for layer_cache in cache]  # grows at 260
     request = make_request(model, [1], 1, lambda logits, key: logits)  # a "sampler": the logits
     step, key, logits = DecodeEngine(model).step(request), mx.random.key(0), []
     for t in range(250, 270):  # past position 256, where the prefill's KVCache chunk ends
         out, key = step(ids[:, t], caches, key)
         logits.append(out)
-    assert caches[0].offset == 270 and caches[0].kv.shape == (1, 2 * model.config.n_kv_heads, 270,
+    assert caches[0].offset == 270 and caches[0].kv.shape == (1, 2 * model.config.n_kv_heads,
+                                                               260 + JoinedCache.step,
                                                                model.config.head_dim)
     assert_close(mx.stack(logits, axis=1), model(ids)[:, 250:], what="engine step vs full recompute")
-    with pytest.raises(ValueError, match="270 positions and all are filled"):
-        step(ids[:, 0], caches, key)
 
 
 @pytest.mark.parametrize("overrides", [dict(parallel_block=True), dict(pre_norm=False),
@@ -173,6 +173,15 @@ def test_the_engine_stops_at_a_stop_id_as_the_core_does():
     stop = next(t for i, t in enumerate(greedy) if i and t not in greedy[:i])
     expected = list(generate(model, [4, 5, 6], 10, temperature=0, stop_ids=[stop]))
     assert engine_tokens(model, [4, 5, 6], 10, sampler=GREEDY, stop_ids=[stop]) == expected
+
+
+def test_a_long_answer_does_not_take_the_whole_context_up_front():
+    # a model declaring a huge context: the engine's buffers start small and grow by chunks
+    model = randomize(make_model("llama", context_length=2**28), seed=3)
+    engine = DecodeEngine(model)
+    assert_engine_equals_core(model, [1, 2, 3], 20)
+    stream = engine.generate([1, 2, 3], 2**28 - 3, sampler=GREEDY)  # 2^28 positions: ~32 GB
+    assert list(itertools.islice(stream, 5)) == list(generate(model, [1, 2, 3], 5, temperature=0))
 
 
 def test_the_engine_refuses_what_generate_refuses():

@@ -105,7 +105,9 @@ class DecodeEngine:
             with mx.stream(stream):
                 if joined is None:  # the second token: the stages, and the buffers filled once
                     step = self.step(request)
-                    capacity = min(context_length, len(request.prompt) + request.max_new_tokens)
+                    # room for the answer, up to the context; a long one grows by chunks
+                    wanted = len(request.prompt) + min(request.max_new_tokens, 4096)
+                    capacity = min(context_length, wanted)
                     joined = [JoinedCache(layer_cache, capacity) for layer_cache in cache]
                 if joined[0].offset < context_length:
                     token, key = step(token, joined, key)

@@ -132,23 +132,25 @@ class JoinedCache:
     """One layer's keys and values in one buffer (1, 2 H_kv, capacity, D): keys in the first H_kv
     heads, values after them. A step writes both with one copy and attention reads two views.
 
-    Filled from the prefill's ``KVCache`` (a copy; that cache is left as it is), with room for the
-    whole generation, so it never grows. On CUDA attention over it stays on the one-query kernel.
+    Filled from the prefill's ``KVCache`` (a copy; that cache is left as it is), with room for
+    ``capacity`` positions; when they are filled it grows by ``step`` positions, as ``KVCache``
+    grows. On CUDA attention over it stays on the one-query kernel.
     """
+
+    step = 256
 
     def __init__(self, cache: KVCache, capacity: int):
         keys, values, filled = cache.keys, cache.values, cache.offset
         self.n_kv_heads, self.offset = keys.shape[1], filled
         joined = mx.concatenate([keys[:, :, :filled], values[:, :, :filled]], axis=1)
-        self.kv = mx.pad(joined, [(0, 0), (0, 0), (0, capacity - filled), (0, 0)])
+        self.kv = mx.pad(joined, [(0, 0), (0, 0), (0, max(capacity - filled, 1)), (0, 0)])
 
     def update_and_fetch(self, kv: mx.array) -> tuple[mx.array, mx.array]:
         """Append one position's kv (1, 2 H_kv, 1, D); return keys and values so far,
         (1, H_kv, offset, D) each."""
-        start, capacity = self.offset, self.kv.shape[2]
-        if start >= capacity:
-            raise ValueError(f"the decode cache holds {capacity} positions and all are filled; "
-                             "make a new one with a larger capacity")
+        start = self.offset
+        if start >= self.kv.shape[2]:  # full: grow by a chunk (every `step` tokens at most)
+            self.kv = mx.pad(self.kv, [(0, 0), (0, 0), (0, self.step), (0, 0)])
         self.offset += 1
         self.kv[:, :, start : self.offset] = kv
         h = self.n_kv_heads
