@@ -79,19 +79,21 @@ def main() -> None:
     smollm2, tokenizer = load_pretrained("smollm2-135m-instruct", "bfloat16")
     prompt = tokenizer.encode("First Citizen:\nBefore we proceed any further, hear me speak.")
     report["anatomy"]["SmolLM2-135M bfloat16"] = anatomy(smollm2, prompt, bandwidth)
-    if not args.quick:
-        report["benchmarks"] = [
-            run("bench_generate.py"),
-            run("bench_pretrained.py", "--dtype", "float32"),
-            run("bench_pretrained.py", "--dtype", "bfloat16"),
-            run("bench_pretrained.py", "--smollm2", "--dtype", "bfloat16"),
-            run("bench_pretrained.py", "--smollm2", "--dtype", "4bit"),
-            run("bench_train.py", "--preset", "shakespeare-char", "--bf16"),
-        ]
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    for part in report.get("benchmarks", []):
-        print(part["command"], part["returncode"], *part["output"][-3:], sep="\n  ")
-    print(json.dumps(report["anatomy"], indent=1)[:3000])
+    print(json.dumps(report["anatomy"], indent=1)[:2000], flush=True)
+    if args.quick:
+        return
+    report["benchmarks"] = []
+    for command in (["bench_generate.py"], ["bench_pretrained.py", "--dtype", "float32"],
+                    ["bench_pretrained.py", "--dtype", "bfloat16"],
+                    ["bench_pretrained.py", "--smollm2", "--dtype", "bfloat16"],
+                    ["bench_pretrained.py", "--smollm2", "--dtype", "4bit"],
+                    ["bench_train.py", "--preset", "shakespeare-char", "--bf16"]):
+        part = run(*command)
+        report["benchmarks"].append(part)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")  # kept if a later one hangs
+        print(part["command"], part["returncode"], part["seconds"], *part["output"][-3:],
+              *part["stderr_tail"][-2:], sep="\n  ", flush=True)
 
 
 if __name__ == "__main__":
