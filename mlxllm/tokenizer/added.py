@@ -24,7 +24,12 @@ _SPACE = regex.compile(r"\p{White_Space}")
 def normalize(text: str, steps: Sequence[str]) -> str:
     """`text` after the normalizer steps, in order (Unicode forms, lowercasing)."""
     for step in steps:
-        text = text.lower() if step == "Lowercase" else unicodedata.normalize(step, text)
+        if step != "Lowercase":
+            text = unicodedata.normalize(step, text)
+        elif "Σ" in text:  # tokenizers lowercases each character alone: no final sigma (ς)
+            text = "".join(map(str.lower, text))
+        else:
+            text = text.lower()
     return text
 
 

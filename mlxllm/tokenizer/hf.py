@@ -296,12 +296,12 @@ def _post_processor_json(tokenizer: Tokenizer, names: dict[int, str]) -> dict:
 
 def tokenizer_to_json(tokenizer: Tokenizer) -> dict:
     """The tokenizer.json of a Tokenizer (the inverse of ``tokenizer_from_json``); ValueError for a
-    tokenizer whose ids no tokenizer.json gives."""
+    tokenizer whose ids no tokenizer.json gives.
+
+    A GGUF tokenizer's bytes missing from the vocab (missing_bytes="split", llama.cpp's rule) are
+    written with Hugging Face's rule, which is what the model's own tokenizer.json says.
+    """
     settings = tokenizer.settings
-    if settings["missing_bytes"] == "split" and None in tokenizer.byte_ids:
-        raise ValueError("this tokenizer (from a GGUF file) drops the bytes its vocab lacks after "
-                         "merging, as llama.cpp does, which a tokenizer.json cannot say; write "
-                         "tokenizer.with_settings(missing_bytes='skip') (Hugging Face's rule)")
     byte_to_char = gpt2_byte_to_unicode()
     specials = tokenizer.special_tokens
     special_ids = set(specials.values())
@@ -315,7 +315,7 @@ def tokenizer_to_json(tokenizer: Tokenizer) -> dict:
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": token, "special": True,
                           **{name: name in options.get(token, ()) for name in TOKEN_OPTIONS}}
-                         for token, i in specials.items()],
+                         for token, i in sorted(specials.items(), key=lambda item: item[1])],
         "normalizer": (None if not steps else steps[0] if len(steps) == 1
                        else {"type": "Sequence", "normalizers": steps}),
         "pre_tokenizer": _pre_tokenizer_json(tokenizer),
@@ -326,7 +326,9 @@ def tokenizer_to_json(tokenizer: Tokenizer) -> dict:
                   "continuing_subword_prefix": None, "end_of_word_suffix": None,
                   "fuse_unk": settings["fuse_unk"], "byte_fallback": False,
                   "ignore_merges": settings["ignore_merges"],
-                  "vocab": {text: i for i, text in sorted(as_text.items())},
+                  # the specials too: tokenizers gives an added token that is not in the vocab a
+                  # new id (the one in added_tokens is only checked)
+                  "vocab": {text: i for i, text in sorted(names.items())},
                   "merges": [[as_text[a], as_text[b]] for a, b, _ in tokenizer.merge_ids]},
     }
 
