@@ -206,8 +206,9 @@ def tokenizer_from_json(path: str | Path, **settings) -> Tokenizer:
     """Our ``Tokenizer`` from a byte-level BPE tokenizer.json (GPT-2, SmolLM, Qwen2 style).
     Built in Chapter 7.
 
-    Added tokens become special tokens. Normalizers and SentencePiece-style tokenizers are refused
-    with ValueError. `settings` (eos_token_ids, chat_template, ...) go to the Tokenizer.
+    Added tokens become special tokens; every other field gives the ids `tokenizers` gives or is
+    refused with a ValueError naming it (SentencePiece-style tokenizers, BPE dropout, truncation,
+    ...). `settings` (eos_token_ids, chat_template, ...) go to the Tokenizer.
     """
     return tokenizer_from_spec(_read_json(Path(path)), path, **settings)
 
