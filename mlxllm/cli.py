@@ -247,7 +247,8 @@ def generate_text(args: argparse.Namespace) -> None:
 
     model, tokenizer = load(args.model, args.adapter)
     decode = decoder(model, args)
-    prompt_ids = tokenizer.encode(args.prompt)
+    # a raw prompt gets what the model's files add (LLaMA 3's BOS), as transformers and llama.cpp
+    prompt_ids = tokenizer.encode(args.prompt, add_special_tokens=True)
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:  # fill the context
         max_new_tokens = max(0, model.config.context_length - len(prompt_ids))
@@ -285,6 +286,7 @@ def chat(args: argparse.Namespace) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
+        # the template writes any BOS itself: nothing added (as transformers' apply_chat_template)
         prompt_ids = tokenizer.encode(
             tokenizer.apply_chat_template(messages, add_generation_prompt=True),
             allowed_special="all")

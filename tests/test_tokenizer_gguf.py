@@ -70,12 +70,26 @@ def test_control_tokens_are_specials_and_eos_is_end_of_turn(ours):
     assert ours.vocab_size == 49152
 
 
-def test_bytes_missing_from_the_vocab_are_dropped_like_hf_tokenizers(ours, reference):
+def test_bytes_missing_from_the_vocab_part_their_neighbours_like_llama_cpp(ours, reference):
+    """llama.cpp keeps a byte the vocab lacks as a symbol no merge takes, and drops it only at the end: the
+    bytes on each side never merge across it (Hugging Face drops it first, so they may)."""
+    import regex
+
     missing = [b for b, token_id in enumerate(ours.byte_ids) if token_id is None]
     char = gpt2_byte_to_unicode()
     assert len(missing) == 21 and all(reference.token_to_id(char[b]) is None for b in missing)
+    lacking = regex.compile("[" + "".join(regex.escape(char[b]) for b in missing) + "]")
+
+    def llama_cpp(text):  # tokenizers' own pieces, each merged in parts between the missing bytes
+        pieces = [piece for piece, _ in reference.pre_tokenizer.pre_tokenize_str(text)]
+        return [t.id for piece in pieces for part in lacking.split(piece) if part
+                for t in reference.model.tokenize(part)]
+
     for text in ["a\x04b", "!\x04!", "((\x06((", "\x04\x04", "x \x13\x14 y", "\U00040000z", "A\x1d1"]:
-        assert ours.encode(text) == reference.encode(text).ids, repr(text)
+        assert ours.encode(text) == llama_cpp(text), repr(text)
+    assert ours.encode("!\x04!") != reference.encode("!\x04!").ids  # where the two rules part
+    hf_rule = ours.with_settings(missing_bytes="skip")
+    assert hf_rule.encode("!\x04!") == reference.encode("!\x04!").ids
 
 
 def test_unsupported_gguf_tokenizers_are_refused(metadata):
@@ -83,6 +97,8 @@ def test_unsupported_gguf_tokenizers_are_refused(metadata):
         tokenizer_from_gguf({**metadata, "tokenizer.ggml.model": "llama"})
     with pytest.raises(ValueError, match="pre 'falcon' is not supported"):
         tokenizer_from_gguf({**metadata, "tokenizer.ggml.pre": "falcon"})
+    with pytest.raises(ValueError, match="pre 'default' is not supported"):  # llama.cpp's own regexes
+        tokenizer_from_gguf({**metadata, "tokenizer.ggml.pre": "default"})
     with pytest.raises(ValueError, match="no tokenizer"):
         tokenizer_from_gguf({"general.architecture": "llama"})
     with pytest.raises(ValueError, match="merge 0 uses the token 'Ġ'"):

@@ -4,6 +4,7 @@ Built in Chapter 1, Tokenization. One consistent state (the id of each byte, the
 rank order, the special tokens, the split pattern); everything else is derived from it.
 """
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
@@ -11,12 +12,29 @@ from pathlib import Path
 from types import MappingProxyType
 
 from . import chat, files
+from .added import SpecialTokenMatcher, check_options, normalize
 from .merge import LONG_CHUNK, apply_merges
 from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Splitter
 from .train import count_chunks, train_merges
 
 _CACHE_LIMIT = 1 << 18  # chunks remembered by encode before the cache starts afresh
 _ITERABLE_BLOCK = 1 << 16  # characters encode_iterable gathers before it looks for a cut
+
+
+# Settings that reproduce a Hugging Face tokenizer.json or a GGUF file exactly (Chapter 7), with
+# their defaults (which are our own tokenizers' behaviour):
+# - ignore_merges: a chunk that is a whole token is that token (tiktoken; False: always merge)
+# - unk_token_id, fuse_unk: a byte the vocab lacks becomes unk (one per run with fuse_unk)
+# - missing_bytes: without unk such a byte is dropped, "skip" before merging (Hugging Face) or
+#   "split" after (llama.cpp: the bytes around it do not merge)
+# - normalizer: steps among added.NORMALIZERS applied to the text between special tokens
+# - special_token_options: special token -> options among added.TOKEN_OPTIONS
+# - pre_split, add_prefix_space: a pre-tokenizer in two steps (see patterns.Splitter)
+# - prefix_ids, suffix_ids: what encode(..., add_special_tokens=True) adds around the text
+SETTINGS = MappingProxyType(dict(
+    ignore_merges=True, unk_token_id=None, fuse_unk=False, missing_bytes="skip", normalizer=(),
+    special_token_options={}, pre_split=None, add_prefix_space=False, prefix_ids=(), suffix_ids=(),
+))
 
 
 class _ChunkCache(dict):
@@ -47,6 +65,8 @@ class Tokenizer:
     does for a BPE without unk_token, and the bytes around it may merge. `extra_tokens`
     (id -> bytes) are vocab entries no merge makes: decoded, never produced by encoding.
     `eos_token_ids`, `chat_template`, `bos_token` and `eos_token` come from a chat model's files.
+
+    The other settings reproduce a Hugging Face or GGUF file exactly (Chapter 7), see `SETTINGS`.
     """
 
     def __init__(
@@ -61,6 +81,7 @@ class Tokenizer:
         chat_template: str | None = None,
         bos_token: str | None = None,
         eos_token: str | None = None,
+        **settings,
     ):
         byte_ids = list(range(256)) if byte_ids is None else list(byte_ids)
         special_tokens = dict(special_tokens or {})
@@ -68,9 +89,30 @@ class Tokenizer:
         self._merge_ids = [tuple(merge) for merge in merges]
         self._special_tokens = special_tokens
         self._extra_tokens = dict(extra_tokens or {})
-        self._splitter = Splitter(pattern)
+        if unknown := sorted(set(settings) - set(SETTINGS)):
+            raise ValueError(f"unknown Tokenizer settings {unknown}; known: {sorted(SETTINGS)}")
+        self._settings = {**SETTINGS, **settings}
+        settings = self._settings
+        self._splitter = Splitter(pattern, settings["pre_split"], settings["add_prefix_space"])
         self._vocab = _build_vocab(byte_ids, self._merge_ids, special_tokens, self._extra_tokens)
         self._eos_token_ids = _check_eos(eos_token_ids, self._vocab)
+        for name in ("prefix_ids", "suffix_ids"):
+            settings[name] = _check_eos(settings[name], self._vocab, name, keep_repeats=True)
+        for name in ("ignore_merges", "fuse_unk", "add_prefix_space"):
+            if not isinstance(settings[name], bool):
+                raise ValueError(f"{name} must be True or False, got {settings[name]!r}")
+        self._options = check_options(settings["special_token_options"], special_tokens,
+                                      settings["normalizer"])
+        self._normalizer = tuple(settings["normalizer"])
+        settings["normalizer"] = list(self._normalizer)
+        settings["special_token_options"] = {token: sorted(names)
+                                             for token, names in self._options.items()}
+        unk = settings["unk_token_id"]
+        if unk is not None and (isinstance(unk, bool) or unk not in self._vocab):
+            raise ValueError(f"unk_token_id {unk!r} is not an id of this tokenizer's vocabulary")
+        if settings["missing_bytes"] not in ("skip", "split"):
+            raise ValueError("missing_bytes must be 'skip' (Hugging Face) or 'split' (llama.cpp), "
+                             f"got {settings['missing_bytes']!r}")
         if chat_template is not None and not isinstance(chat_template, str):
             raise ValueError("chat_template must be a str (a Jinja template) or None, "
                              f"got {type(chat_template).__name__}")
@@ -79,24 +121,46 @@ class Tokenizer:
                 raise ValueError(f"{name} must be a str or None, got {token!r}")
         self._chat_template, self._bos_token, self._eos_token = chat_template, bos_token, eos_token
 
-        # bytes -> id of every mergeable token, for a direct lookup of whole chunks (as
-        # tiktoken does); on a duplicate byte string the earliest token wins. (This equals running
-        # the merges for vocabularies learned by BPE, where each token is the BPE of its own bytes.)
+        # ignore_merges: bytes -> id of every token, for a direct lookup of whole chunks (as
+        # tiktoken, LLaMA 3 and llama.cpp do); on a duplicate byte string the earliest token wins.
+        # Otherwise every chunk is merged (GPT-2's encoder.py, most tokenizer.json files): the same
+        # ids, unless a token is not the BPE of its own bytes.
         self._encoder: dict[bytes, int] = {}
-        for token_id in chain(byte_ids, (new for _, _, new in self._merge_ids)):
-            if token_id is not None:
-                self._encoder.setdefault(self._vocab[token_id], token_id)
+        if settings["ignore_merges"]:
+            made = (new for _, _, new in self._merge_ids)
+            for token_id in chain(byte_ids, made, sorted(self._extra_tokens)):
+                if token_id is not None:
+                    self._encoder.setdefault(self._vocab[token_id], token_id)
         self._ranks = {chr(a) + chr(b): rank for rank, (a, b, _) in enumerate(self._merge_ids)}
         self._merged = [chr(new) for _, _, new in self._merge_ids]
-        identity = byte_ids == list(range(256))
-        # str.translate deletes the characters mapped to None: a byte the vocab lacks is dropped
-        self._byte_table = (None if identity
-                            else {b: token_id for b, token_id in enumerate(byte_ids)})
+        self._byte_table, self._barrier, self._unknown_run = self._missing_byte_rules(unk)
         self._cache = _ChunkCache(self._encode_chunk)
 
         longest_first = sorted(special_tokens, key=len, reverse=True)
         self._special_re = _alternation(longest_first)
+        self._matcher = (SpecialTokenMatcher(special_tokens, self._options, self._normalizer)
+                         if special_tokens and (self._options or self._normalizer) else None)
         self._margin = max([4, *map(len, special_tokens)])  # see encode_iterable
+
+    def _missing_byte_rules(self, unk: int | None):
+        """How a byte the vocab lacks is encoded: dropped before merging (Hugging Face), the
+        unk token (Hugging Face with unk_token; fuse_unk: one per run), or dropped after merging,
+        parting its neighbours (llama.cpp). Returns (translate table, barrier, unknown run)."""
+        missing = [b for b, token_id in enumerate(self._byte_ids) if token_id is None]
+        if not missing:
+            identity = self._byte_ids == list(range(256))
+            return (None if identity else dict(enumerate(self._byte_ids))), None, None
+        table = dict(enumerate(self._byte_ids))  # str.translate deletes what is mapped to None
+        barrier = run = None
+        if unk is not None:
+            table.update({b: unk for b in missing})
+            if self._settings["fuse_unk"]:
+                run = re.compile("[" + "".join(map(re.escape, map(chr, missing))) + "]{2,}")
+        elif self._settings["missing_bytes"] == "split":
+            # a symbol in no merge: the bytes on both sides cannot merge across it
+            barrier = next(i for i in range(self.vocab_size, 0x110000) if i not in self._vocab)
+            table.update({b: barrier for b in missing})
+        return table, barrier, run
 
     # ----------------------------------------------------------------------------- training
     @classmethod
@@ -151,46 +215,71 @@ class Tokenizer:
         if token_id is not None:
             return [token_id]
         symbols = data.decode("latin-1")  # one character per byte...
+        if self._unknown_run is not None:  # fuse_unk: a run of unknown bytes is one unk token
+            symbols = self._unknown_run.sub(lambda run: run.group()[0], symbols)
         if self._byte_table is not None:
             symbols = symbols.translate(self._byte_table)  # ...then per byte's token id
-        return list(map(ord, apply_merges(symbols, self._ranks, self._merged)))
+        merged = apply_merges(symbols, self._ranks, self._merged)
+        if self._barrier is not None:
+            merged = merged.replace(chr(self._barrier), "")
+        return list(map(ord, merged))
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text, treating special-token text as plain text."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return self._encode_normalized(normalize(text, self._normalizer))
+
+    def _encode_normalized(self, text: str) -> list[int]:
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
         chunks = self._splitter.findall(text)
         return list(chain.from_iterable(map(self._cache.__getitem__, chunks)))
 
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
+    def encode(self, text: str, allowed_special: str | Iterable[str] = "none", *,
+               add_special_tokens: bool = False) -> list[int]:
         """Encode text like tiktoken: special tokens are encoded only where allowed.
 
         `allowed_special` is "none" (the default), "all", or a set of special-token strings.
         Text containing a special token that is not allowed raises ValueError, because such
         text usually comes from a user and must not act as a control token.
+        `add_special_tokens=True` adds `prefix_ids` and `suffix_ids` around the ids (the BOS of
+        LLaMA 3), as transformers' ``tokenizer(text)`` and llama.cpp do for a raw prompt.
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        if not isinstance(add_special_tokens, bool):
+            raise ValueError(f"add_special_tokens must be True or False, got "
+                             f"{add_special_tokens!r}")
         allowed = self._allowed(allowed_special)
+        ids = self._encode_with_specials(text, allowed)
+        if add_special_tokens:
+            ids = self._settings["prefix_ids"] + ids + self._settings["suffix_ids"]
+        return ids
+
+    def _encode_with_specials(self, text: str, allowed: frozenset[str]) -> list[int]:
         if self._special_re is None:
             return self.encode_ordinary(text)
+        if self._matcher is not None:  # token options or a normalizer: tokenizers' two passes
+            pieces = self._matcher.split(text)
+        else:  # specials are matched leftmost, longest first; text between them is ordinary
+            pieces, start = [], 0
+            for found in self._special_re.finditer(text):
+                pieces += [(text[start : found.start()], None), (found.group(), found.group())]
+                start = found.end()
+            pieces.append((text[start:], None))
         ids: list[int] = []
-        start = 0
-        # specials are matched leftmost, longest first; text between them is ordinary text
-        for found in self._special_re.finditer(text):
-            token = found.group()
-            if token not in allowed:
+        for piece, token in pieces:
+            if token is None:
+                ids += self._encode_normalized(piece)
+            elif token in allowed:
+                ids.append(self._special_tokens[token])
+            else:
                 raise ValueError(
                     f"the text contains the special token {token!r}, which is not allowed. Pass "
                     f"allowed_special={{{token!r}}} (or 'all') to encode it as a special token, "
                     "or use encode_ordinary() to encode it as plain text."
                 )
-            ids += self.encode_ordinary(text[start : found.start()])
-            ids.append(self._special_tokens[token])
-            start = found.end()
-        ids += self.encode_ordinary(text[start:])
         return ids
 
     def _allowed(self, allowed_special: str | Iterable[str]) -> frozenset[str]:
@@ -241,18 +330,29 @@ class Tokenizer:
         non-space character: the split patterns look past a chunk only across whitespace or by a
         few characters, so the chunks before it are final and end the same way on their own.
         Cuts stay `_margin` characters from the end, so that no special token or contraction
-        ("'ll") can be cut in two.
+        ("'ll") can be cut in two. A normalizer, a pre-split or a prefix space (which act on each
+        piece between special tokens) allow only cuts after a special token; lstrip, rstrip and
+        single_word (whose matches look at their neighbours) none: the text is encoded whole.
         """
         limit = len(text) - self._margin
-        if limit <= 0:
+        if limit <= 0 or any(names - {"normalized"} for names in self._options.values()):
             return 0
+        only_specials = bool(self._normalizer) or self._splitter.staged
         start, stop = 0, len(text)
+        if self._matcher is not None:  # after the last special token of the first pass
+            for piece, token in self._matcher.find_raw(text):
+                if token is not None and start + len(piece) <= limit:
+                    stop = start + len(piece)
+                start += len(piece)
+            return stop if stop < len(text) else 0
         if self._special_re is not None:
             for found in self._special_re.finditer(text):
                 if found.end() > limit:
                     stop = found.start()
                     break
                 start = found.end()
+        if only_specials:
+            return start
         cut = start
         segment = text[start:stop]  # encode() splits this segment on its own
         splitter = self._splitter
@@ -356,6 +456,26 @@ class Tokenizer:
                            bos_token=self._bos_token, eos_token=self._eos_token)
 
     @property
+    def prefix_ids(self) -> list[int]:
+        """Ids that `encode(..., add_special_tokens=True)` puts before the text (LLaMA 3's BOS)."""
+        return list(self._settings["prefix_ids"])
+
+    @property
+    def suffix_ids(self) -> list[int]:
+        """Ids that `encode(..., add_special_tokens=True)` puts after the text (an EOS, if any)."""
+        return list(self._settings["suffix_ids"])
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The id of `bos_token` (None if unknown or not a special token)."""
+        return self._special_tokens.get(self._bos_token) if self._bos_token else None
+
+    @property
+    def settings(self) -> dict:
+        """The settings that reproduce a Hugging Face or GGUF tokenizer (see `SETTINGS`)."""
+        return json.loads(json.dumps(self._settings))  # a deep copy (they are plain JSON)
+
+    @property
     def vocab_size(self) -> int:
         """1 + the largest id: the number of rows an embedding table for these ids needs."""
         return max(self._vocab) + 1
@@ -374,6 +494,10 @@ class Tokenizer:
         atomically."""
         settings = {"eos_token_ids": self._eos_token_ids, "chat_template": self._chat_template,
                     "bos_token": self._bos_token, "eos_token": self._eos_token}
+        defaults = json.loads(json.dumps(dict(SETTINGS)))
+        # only the settings that differ from the default
+        settings.update({name: value for name, value in self.settings.items()
+                         if value != defaults[name]})
         files.write_tokenizer(path, self.pattern, self._byte_ids, self._merge_ids,
                               self._special_tokens, self._extra_tokens, settings, self._vocab)
 
@@ -381,11 +505,19 @@ class Tokenizer:
     def load(cls, path: str | Path) -> "Tokenizer":
         """Read a file written by `save`; a truncated, corrupt, damaged or foreign file
         -> ValueError."""
-        fields = files.read_tokenizer(path)
+        fields = files.read_tokenizer(path, set(SETTINGS))
         try:
             return cls(**fields)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+
+    def with_settings(self, **changes) -> "Tokenizer":
+        """A copy with some `SETTINGS` changed (e.g. ``missing_bytes="skip"``)."""
+        fields = dict(pattern=self.pattern, special_tokens=self._special_tokens,
+                      byte_ids=self._byte_ids, extra_tokens=self._extra_tokens,
+                      eos_token_ids=self._eos_token_ids, chat_template=self._chat_template,
+                      bos_token=self._bos_token, eos_token=self._eos_token)
+        return type(self)(self._merge_ids, **fields, **{**self.settings, **changes})
 
     def dump_vocab(self, path: str | Path | None = None) -> str:
         """Every token on a line (id, text, and the two tokens it merges); written to
@@ -482,12 +614,13 @@ def _build_vocab(byte_ids, merges, special_tokens, extra_tokens) -> dict[int, by
     return vocab
 
 
-def _check_eos(eos_token_ids, vocab) -> list[int]:
+def _check_eos(eos_token_ids, vocab, name="eos_token_ids", keep_repeats=False) -> list[int]:
     if isinstance(eos_token_ids, (int, str)):
-        raise ValueError(f"eos_token_ids must be a list of ids, got {eos_token_ids!r}")
-    eos = list(dict.fromkeys(eos_token_ids))  # keep the order, drop repeats
+        raise ValueError(f"{name} must be a list of ids, got {eos_token_ids!r}")
+    # keep the order, drop repeats (a stop set; prefix ids are kept as they are)
+    eos = list(eos_token_ids) if keep_repeats else list(dict.fromkeys(eos_token_ids))
     if bad := [i for i in eos if isinstance(i, bool) or not isinstance(i, int) or i not in vocab]:
-        raise ValueError(f"eos_token_ids {bad} are not ids of this tokenizer's vocabulary")
+        raise ValueError(f"{name} {bad} are not ids of this tokenizer's vocabulary")
     return eos
 
 

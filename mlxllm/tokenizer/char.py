@@ -53,9 +53,10 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
-        """One id per character; ``allowed_special`` exists for the common surface (there are no
-        specials)."""
+    def encode(self, text: str, allowed_special: str | Iterable[str] = "none", *,
+               add_special_tokens: bool = False) -> list[int]:
+        """One id per character; ``allowed_special`` and ``add_special_tokens`` exist for the common
+        surface (there are no specials to allow or add)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         if not isinstance(allowed_special, str) and (named := sorted(allowed_special)):

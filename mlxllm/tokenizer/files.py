@@ -13,6 +13,7 @@ Built in Chapter 1, Tokenization. Our format is one UTF-8 text file, readable in
     extras	<k>
     <token id>	<bytes, escaped>                   (vocab entries no merge makes: decoded only)
     settings	{"eos_token_ids": [...], "chat_template": ..., "bos_token": ..., "eos_token": ...}
+                                       (and the bpe.SETTINGS that differ from their defaults)
     checksum	<sha256 of every line above, as written>
     end
 
@@ -139,9 +140,9 @@ class _Lines:
             self.fail(f"bad escaped bytes {text!r}: {error}")
 
 
-def read_tokenizer(path) -> dict:
+def read_tokenizer(path, more_settings=frozenset()) -> dict:
     """The `Tokenizer` constructor's arguments from a file written by `write_tokenizer` (v1 or
-    v2)."""
+    v2); `more_settings` names the settings beyond the chat ones."""
     reader = _Lines(path)
     header = reader.next("the header")
     versions = {f"{MAGIC} v{v}": v for v in READABLE_VERSIONS}
@@ -194,7 +195,7 @@ def read_tokenizer(path) -> dict:
             settings = json.loads(settings)
         except json.JSONDecodeError as error:
             reader.fail(f"bad JSON settings: {error}")
-        known = {"eos_token_ids", "chat_template", "bos_token", "eos_token"}
+        known = {"eos_token_ids", "chat_template", "bos_token", "eos_token", *more_settings}
         if not isinstance(settings, dict) or not set(settings) <= known:
             reader.fail(f"the settings must be a JSON object with keys among {sorted(known)}")
         written = reader.text_so_far()

@@ -8,37 +8,148 @@ with GPT-2's byte -> printable character map; its pre-tokenizer becomes one of o
 import json
 from pathlib import Path
 
+import regex
+
 from mlxllm.files import write_atomic
 
 from . import chat, files
+from .added import NORMALIZERS, TOKEN_OPTIONS
 from .bpe import Tokenizer
 from .files import gpt2_byte_to_unicode
 from .patterns import GPT2_DIGITS_SPLIT_PATTERN, GPT2_SPLIT_PATTERN
 
 
-def _split_pattern(pre_tokenizer: dict | None) -> str:
-    """The split regex equivalent to a byte-level tokenizer.json pre-tokenizer;
-    ValueError for others."""
+WHOLE = r"[\s\S]+"  # a ByteLevel without its regex: each piece is one chunk
+DIGITS = {True: r"\p{N}", False: r"\p{N}+"}  # Digits(individual_digits), as a split
+
+
+def _pre_tokenizer(pre_tokenizer: dict | None) -> dict:
+    """The split pattern, pre_split and add_prefix_space equal to a byte-level tokenizer.json
+    pre-tokenizer; ValueError for others."""
     steps = (pre_tokenizer.get("pretokenizers", [])
              if pre_tokenizer and pre_tokenizer.get("type") == "Sequence"
              else [pre_tokenizer or {}])
     kinds = [step.get("type") for step in steps]
-    if (kinds == ["ByteLevel"] and steps[0].get("use_regex", True)
-            and not steps[0].get("add_prefix_space")):
-        return GPT2_SPLIT_PATTERN
-    if (kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits")
-            and steps[1].get("use_regex", True)):
-        return GPT2_DIGITS_SPLIT_PATTERN
-    if (kinds == ["Split", "ByteLevel"] and "Regex" in steps[0]["pattern"]
-            and steps[0].get("behavior") == "Isolated"
-            and not steps[0].get("invert") and not steps[1].get("use_regex", True)):
-        # the text between matches is kept (Isolated), as our Splitter does
-        return steps[0]["pattern"]["Regex"]
     if "Metaspace" in kinds:
         raise ValueError("this is a SentencePiece-style tokenizer (Metaspace pre-tokenizer); only "
                          "byte-level BPE tokenizers (GPT-2, SmolLM, Qwen2 style) are supported")
-    raise ValueError(f"unsupported tokenizer.json pre-tokenizer {kinds}: expected ByteLevel, "
-                     "[Digits, ByteLevel] or [Split(regex), ByteLevel]")
+    if kinds not in (["ByteLevel"], ["Digits", "ByteLevel"], ["Split", "ByteLevel"]):
+        raise ValueError(f"unsupported tokenizer.json pre-tokenizer {kinds}: expected ByteLevel, "
+                         "[Digits, ByteLevel] or [Split(regex), ByteLevel]")
+    byte_level = steps[-1]
+    regex_on = byte_level.get("use_regex", True)
+    prefix = byte_level.get("add_prefix_space", True)  # tokenizers' default
+    pre_split = None
+    if kinds[0] == "Digits":
+        pre_split = DIGITS[bool(steps[0].get("individual_digits", False))]
+    elif kinds[0] == "Split":
+        split = steps[0]
+        pattern = split.get("pattern") or {}
+        if split.get("behavior") != "Isolated" or split.get("invert"):
+            raise ValueError(f"pre_tokenizer Split with behavior {split.get('behavior')!r} and "
+                             f"invert {split.get('invert')!r} is not supported (only Isolated, "
+                             "not inverted)")
+        pre_split = pattern.get("Regex", regex.escape(pattern.get("String", "")))
+        if not pre_split:
+            raise ValueError(f"pre_tokenizer Split has no pattern: {pattern!r}")
+    # one regex where the two steps are one (the files we write, SmolLM, Qwen2, LLaMA 3)
+    if not prefix and (pre_split is None or pre_split == DIGITS[True]) and regex_on:
+        pattern = GPT2_SPLIT_PATTERN if pre_split is None else GPT2_DIGITS_SPLIT_PATTERN
+        return dict(pattern=pattern, pre_split=None, add_prefix_space=False)
+    if not prefix and not regex_on and pre_split is not None:
+        return dict(pattern=pre_split, pre_split=None, add_prefix_space=False)
+    return dict(pattern=GPT2_SPLIT_PATTERN if regex_on else WHOLE, pre_split=pre_split,
+                add_prefix_space=bool(prefix))
+
+
+def _normalizer(normalizer: dict | None) -> list[str]:
+    """The normalizer steps of a tokenizer.json normalizer; ValueError for those we lack."""
+    if not normalizer:
+        return []
+    steps = (normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence"
+             else [normalizer])
+    kinds = [step.get("type") for step in steps]
+    if unknown := [kind for kind in kinds if kind not in NORMALIZERS]:
+        raise ValueError(f"the tokenizer normalizes text first ({', '.join(map(str, unknown))}), "
+                         f"which our Tokenizer does not do (it does {', '.join(NORMALIZERS)})")
+    return kinds
+
+
+def _bpe_settings(model: dict) -> dict:
+    """The settings of a tokenizer.json BPE model; ValueError naming a field we cannot honour."""
+    if model.get("type") != "BPE":
+        raise ValueError(f"tokenizer model {model.get('type')!r} is not supported "
+                         "(only byte-level BPE; SentencePiece Unigram and WordPiece tokenizers are "
+                         "not)")
+    if model.get("byte_fallback"):
+        raise ValueError("model.byte_fallback is true: a SentencePiece-style BPE (bytes as "
+                         "<0x..> tokens) is not supported, only byte-level BPE")
+    for field in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(field):
+            raise ValueError(f"model.{field} is {model[field]!r}: a SentencePiece-style BPE "
+                             "(subword prefixes / suffixes) is not supported, only byte-level BPE")
+    if model.get("dropout"):
+        raise ValueError(f"model.dropout is {model['dropout']!r}: BPE dropout (random merges, "
+                         "for training) is not supported; set it to null for inference")
+    unk = model.get("unk_token")
+    vocab = model.get("vocab") or {}
+    if unk is not None and unk not in vocab:
+        raise ValueError(f"model.unk_token {unk!r} is not in the vocab; tokenizers fails on it too")
+    return dict(ignore_merges=bool(model.get("ignore_merges", False)),
+                unk_token_id=None if unk is None else vocab[unk],
+                fuse_unk=bool(model.get("fuse_unk", False)))
+
+
+def _post_processor(processor: dict | None, special_ids) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer.json post-processor adds before and after one text."""
+    kind = (processor or {}).get("type")
+    if kind in (None, "ByteLevel"):  # ByteLevel only trims offsets
+        return [], []
+    if kind == "Sequence":  # each wraps what the ones before it made
+        prefix, suffix = [], []
+        for step in processor.get("processors", []):
+            before, after = _post_processor(step, special_ids)
+            prefix, suffix = before + prefix, suffix + after
+        return prefix, suffix
+    if kind in ("BertProcessing", "RobertaProcessing"):  # [CLS] text [SEP], <s> text </s>
+        return [processor["cls"][1]], [processor["sep"][1]]
+    if kind == "TemplateProcessing":
+        single, specials = processor.get("single", []), processor.get("special_tokens", {})
+        sequences = [i for i, piece in enumerate(single) if "Sequence" in piece]
+        if len(sequences) != 1:
+            raise ValueError(f"post_processor TemplateProcessing single {single!r} must hold the "
+                             "text ($A) once")
+        try:
+            ids = [specials[piece["SpecialToken"]["id"]]["ids"] if "SpecialToken" in piece
+                   else None for piece in single]
+        except KeyError as error:
+            raise ValueError(f"post_processor TemplateProcessing uses {error.args[0]!r}, which "
+                             "its special_tokens do not define") from None
+        at = sequences[0]
+        return ([i for part in ids[:at] for i in part], [i for part in ids[at + 1:] for i in part])
+    raise ValueError(f"post_processor {kind!r} is not supported (only TemplateProcessing, "
+                     "BertProcessing, RobertaProcessing, ByteLevel and Sequences of them)")
+
+
+def _check_decoder(decoder: dict | None) -> None:
+    """Our decode joins the tokens' bytes: tokenizers' ByteLevel decoder (or none)."""
+    steps = ((decoder or {}).get("decoders", []) if (decoder or {}).get("type") == "Sequence"
+             else [decoder] if decoder else [])
+    if bad := [step.get("type") for step in steps if step.get("type") != "ByteLevel"]:
+        raise ValueError(f"decoder {bad} is not supported: our decode joins the tokens' bytes "
+                         "(a ByteLevel decoder)")
+
+
+def _check_padding(spec: dict) -> None:
+    """truncation and padding would change the ids of one text: refused, unless padding cannot."""
+    if spec.get("truncation") is not None:
+        raise ValueError(f"truncation is set ({spec['truncation']}): tokenizers would cut every "
+                         "text to max_length; set \"truncation\" to null in the file")
+    padding = spec.get("padding")
+    if padding is not None and (padding.get("strategy") != "BatchLongest"
+                                or padding.get("pad_to_multiple_of")):
+        raise ValueError(f"padding is set ({padding}): tokenizers would pad every text; set "
+                         "\"padding\" to null in the file")
 
 
 def tokenizer_from_vocab(
@@ -95,8 +206,9 @@ def tokenizer_from_json(path: str | Path, **settings) -> Tokenizer:
     """Our ``Tokenizer`` from a byte-level BPE tokenizer.json (GPT-2, SmolLM, Qwen2 style).
     Built in Chapter 7.
 
-    Added tokens become special tokens. Normalizers and SentencePiece-style tokenizers are refused
-    with ValueError. `settings` (eos_token_ids, chat_template, ...) go to the Tokenizer.
+    Added tokens become special tokens; every other field gives the ids `tokenizers` gives or is
+    refused with a ValueError naming it (SentencePiece-style tokenizers, BPE dropout, truncation,
+    ...). `settings` (eos_token_ids, chat_template, ...) go to the Tokenizer.
     """
     return tokenizer_from_spec(_read_json(Path(path)), path, **settings)
 
@@ -105,64 +217,119 @@ def _added_tokens(spec: dict) -> dict[str, int]:
     return {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
 
 
+def _token_options(spec: dict) -> dict[str, list[str]]:
+    """added token -> its options that are on (lstrip, rstrip, single_word, normalized)."""
+    return {token["content"]: [name for name in TOKEN_OPTIONS if token.get(name)]
+            for token in spec.get("added_tokens", [])
+            if any(token.get(name) for name in TOKEN_OPTIONS)}
+
+
+def spec_settings(spec: dict) -> dict:
+    """The pattern and Tokenizer settings that make a tokenizer.json's ids; ValueError names a
+    field of the file that we cannot honour."""
+    _check_padding(spec)
+    _check_decoder(spec.get("decoder"))
+    settings = {**_pre_tokenizer(spec.get("pre_tokenizer")),
+                **_bpe_settings(spec.get("model") or {}),
+                "normalizer": _normalizer(spec.get("normalizer")),
+                "special_token_options": _token_options(spec)}
+    settings["prefix_ids"], settings["suffix_ids"] = _post_processor(spec.get("post_processor"),
+                                                                     _added_tokens(spec))
+    return settings
+
+
 def tokenizer_from_spec(spec: dict, path, **settings) -> Tokenizer:
     """``tokenizer_from_json`` for an already parsed tokenizer.json
-    (``path`` names it in errors)."""
+    (``path`` names it in errors).
+
+    Every field either gives the ids `tokenizers` gives or is refused with a ValueError naming it.
+    """
     model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        raise ValueError(f"{path}: tokenizer model {model.get('type')!r} is not supported "
-                         "(only byte-level BPE; SentencePiece Unigram and WordPiece tokenizers are "
-                         "not)")
-    if (model.get("byte_fallback") or model.get("continuing_subword_prefix")
-            or model.get("end_of_word_suffix")):
-        raise ValueError(f"{path}: a SentencePiece-style BPE (byte_fallback / subword prefixes) is "
-                         "not supported; only byte-level BPE tokenizers (GPT-2, SmolLM, Qwen2 "
-                         "style) are")
-    if spec.get("normalizer"):
-        raise ValueError(f"{path}: the tokenizer normalizes text first "
-                         f"({spec['normalizer'].get('type')}), which our Tokenizer does not do")
     try:
-        pattern = _split_pattern(spec.get("pre_tokenizer"))
-    except ValueError as error:
+        file_settings = spec_settings(spec)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        if not isinstance(error, ValueError):
+            error = f"a malformed field ({type(error).__name__}: {error})"
         raise ValueError(f"{path}: {error}") from None
+    pattern = file_settings.pop("pattern")
     return tokenizer_from_vocab(model.get("vocab", {}), model.get("merges", []),
-                                _added_tokens(spec), pattern, str(path), **settings)
+                                _added_tokens(spec), pattern, str(path),
+                                **{**file_settings, **settings})
+
+
+def _pre_tokenizer_json(tokenizer: Tokenizer) -> dict:
+    """The tokenizer.json pre-tokenizer that cuts as `tokenizer` does; ValueError if none can."""
+    settings, pattern = tokenizer.settings, tokenizer.pattern
+    pre_split, prefix = settings["pre_split"], settings["add_prefix_space"]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": True,
+                  "use_regex": pattern == GPT2_SPLIT_PATTERN}
+    if pre_split is None and not prefix and pattern not in (GPT2_SPLIT_PATTERN, WHOLE):
+        if pattern == GPT2_DIGITS_SPLIT_PATTERN:
+            pre_split, byte_level["use_regex"] = DIGITS[True], True
+        else:
+            pre_split = pattern
+    elif pattern not in (GPT2_SPLIT_PATTERN, WHOLE):
+        raise ValueError("a tokenizer.json cannot cut like this tokenizer (a prefix space or "
+                         "pre-split before a pattern other than GPT-2's)")
+    if pre_split is None:
+        return byte_level
+    digits = {regex_text: individual for individual, regex_text in DIGITS.items()}
+    first = ({"type": "Digits", "individual_digits": digits[pre_split]} if pre_split in digits
+             else {"type": "Split", "pattern": {"Regex": pre_split}, "behavior": "Isolated",
+                   "invert": False})
+    return {"type": "Sequence", "pretokenizers": [first, byte_level]}
+
+
+def _post_processor_json(tokenizer: Tokenizer, names: dict[int, str]) -> dict:
+    """TemplateProcessing that adds prefix_ids and suffix_ids (ByteLevel when there are none)."""
+    prefix, suffix = tokenizer.prefix_ids, tokenizer.suffix_ids
+    if not prefix and not suffix:
+        return {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                "use_regex": True}
+    single = ([{"SpecialToken": {"id": names[i], "type_id": 0}} for i in prefix]
+              + [{"Sequence": {"id": "A", "type_id": 0}}]
+              + [{"SpecialToken": {"id": names[i], "type_id": 0}} for i in suffix])
+    return {"type": "TemplateProcessing", "single": single,
+            "pair": single + [{"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {names[i]: {"id": names[i], "ids": [i], "tokens": [names[i]]}
+                               for i in prefix + suffix}}
 
 
 def tokenizer_to_json(tokenizer: Tokenizer) -> dict:
-    """The tokenizer.json of a Tokenizer (the inverse of ``tokenizer_from_json``)."""
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                  "use_regex": True}
-    if tokenizer.pattern == GPT2_SPLIT_PATTERN:
-        pre_tokenizer = byte_level
-    elif tokenizer.pattern == GPT2_DIGITS_SPLIT_PATTERN:
-        pre_tokenizer = {"type": "Sequence",
-                         "pretokenizers": [{"type": "Digits", "individual_digits": True},
-                                           byte_level]}
-    else:
-        split = {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated",
-                 "invert": False}
-        pre_tokenizer = {"type": "Sequence",
-                         "pretokenizers": [split, {**byte_level, "use_regex": False}]}
+    """The tokenizer.json of a Tokenizer (the inverse of ``tokenizer_from_json``); ValueError for a
+    tokenizer whose ids no tokenizer.json gives.
+
+    A GGUF tokenizer's bytes missing from the vocab (missing_bytes="split", llama.cpp's rule) are
+    written with Hugging Face's rule, which is what the model's own tokenizer.json says.
+    """
+    settings = tokenizer.settings
     byte_to_char = gpt2_byte_to_unicode()
     specials = tokenizer.special_tokens
     special_ids = set(specials.values())
     as_text = {i: "".join(byte_to_char[b] for b in token) for i, token in tokenizer.vocab.items()
                if i not in special_ids}
+    names = {**as_text, **{i: token for token, i in specials.items()}}
+    options = settings["special_token_options"]
+    steps = [{"type": step} for step in settings["normalizer"]]
+    unk = settings["unk_token_id"]
     return {
         "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": i, "content": token, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}
-                         for token, i in specials.items()],
-        "normalizer": None, "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
-                           "use_regex": True},
+        "added_tokens": [{"id": i, "content": token, "special": True,
+                          **{name: name in options.get(token, ()) for name in TOKEN_OPTIONS}}
+                         for token, i in sorted(specials.items(), key=lambda item: item[1])],
+        "normalizer": (None if not steps else steps[0] if len(steps) == 1
+                       else {"type": "Sequence", "normalizers": steps}),
+        "pre_tokenizer": _pre_tokenizer_json(tokenizer),
+        "post_processor": _post_processor_json(tokenizer, names),
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                     "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
-                  "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {text: i for i, text in sorted(as_text.items())},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None if unk is None else names[unk],
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": settings["fuse_unk"], "byte_fallback": False,
+                  "ignore_merges": settings["ignore_merges"],
+                  # the specials too: tokenizers gives an added token that is not in the vocab a
+                  # new id (the one in added_tokens is only checked)
+                  "vocab": {text: i for i, text in sorted(names.items())},
                   "merges": [[as_text[a], as_text[b]] for a, b, _ in tokenizer.merge_ids]},
     }
 

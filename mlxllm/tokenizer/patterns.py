@@ -105,26 +105,34 @@ class Splitter:
 
     Text that the pattern does not match is kept, as a chunk of its own between the matches (as a
     tokenizer.json Split with behavior "Isolated" does; tiktoken would drop it): no text is ever
-    lost.
+    lost. A tokenizer.json pre-tokenizer in two steps (Split or Digits, then ByteLevel) gives
+    `pre_split`, cut first, and `add_prefix_space`: each piece gets a leading space (ByteLevel's
+    add_prefix_space) before `pattern` cuts it.
     """
 
-    def __init__(self, pattern: str):
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"the split pattern must be a non-empty str, got {pattern!r}")
-        try:
-            self.compiled = regex.compile(pattern)
-        except regex.error as error:
-            raise ValueError(f"the split pattern {pattern!r} is not a valid regex: "
-                             f"{error}") from None
+    def __init__(self, pattern: str, pre_split: str | None = None, add_prefix_space: bool = False):
+        self.compiled = _compile(pattern)
         ascii_pattern = _ASCII_EQUIVALENTS.get(pattern)
         self.ascii = re.compile(ascii_pattern, re.ASCII) if ascii_pattern else None
         self.pattern = pattern
         self.covering = pattern in _COVERING
         # with groups, findall would return the groups, not the matches
         self.plain = self.compiled.groups == 0
+        self.pre_split = None if pre_split is None else _compile(pre_split)
+        self.add_prefix_space = bool(add_prefix_space)
+        self.staged = self.pre_split is not None or self.add_prefix_space
 
     def findall(self, text: str) -> list[str]:
-        """All chunks of `text`, in order; joined they give back `text`."""
+        """All chunks of `text`, in order; joined they give back `text` (with the prefix
+        spaces)."""
+        if not self.staged:
+            return self._cut(text)
+        pieces = [text] if self.pre_split is None else _with_gaps(self.pre_split, text)
+        if self.add_prefix_space:  # ByteLevel: a space before each piece that has none
+            pieces = [piece if piece.startswith(" ") else " " + piece for piece in pieces if piece]
+        return [chunk for piece in pieces for chunk in self._cut(piece)]
+
+    def _cut(self, text: str) -> list[str]:
         if self.ascii is not None and text.isascii():
             return self.ascii.findall(text)
         if self.covering and self.plain:  # the built-in patterns match every character: no gaps
@@ -137,11 +145,22 @@ class Splitter:
 
     def iter_chunks(self, text: str) -> Iterator[str]:
         """The same chunks as `findall`, one at a time (memory does not grow with the text)."""
+        if self.staged:
+            return iter(self.findall(text))
         if self.ascii is not None and text.isascii():
             return map(itemgetter(0), self.ascii.finditer(text))
         if self.covering:
             return map(itemgetter(0), self.compiled.finditer(text))
         return _with_gaps(self.compiled, text)
+
+
+def _compile(pattern: str) -> regex.Pattern:
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"the split pattern must be a non-empty str, got {pattern!r}")
+    try:
+        return regex.compile(pattern)
+    except regex.error as error:
+        raise ValueError(f"the split pattern {pattern!r} is not a valid regex: {error}") from None
 
 
 def _with_gaps(compiled: regex.Pattern, text: str) -> Iterator[str]:
