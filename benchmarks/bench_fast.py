@@ -62,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the JSON file to write")
     parser.add_argument("--quick", action="store_true", help="the anatomy only (no benchmarks)")
+    parser.add_argument("--no-train", action="store_true", help="leave bench_train.py out")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
@@ -89,6 +90,8 @@ def main() -> None:
                     ["bench_pretrained.py", "--smollm2", "--dtype", "bfloat16"],
                     ["bench_pretrained.py", "--smollm2", "--dtype", "4bit"],
                     ["bench_train.py", "--preset", "shakespeare-char", "--bf16"]):
+        if args.no_train and command[0] == "bench_train.py":
+            continue
         part = run(*command)
         report["benchmarks"].append(part)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")  # kept if a later one hangs
