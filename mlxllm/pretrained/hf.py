@@ -8,10 +8,12 @@ and name table), and the checked tensors into a fresh model (``build_model``, sh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,7 +22,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.config import ModelConfig
 from mlxllm.files import replace_file
-from mlxllm.model import QUANTIZED, TransformerLM
+from mlxllm.model import QUANTIZED, TransformerLM, check_block_names
 from mlxllm.pretrained.families import FAMILIES, family_for_model_type, rename
 
 # config.json's torch_dtype names (also load_pretrained's dtype=) → MLX dtypes
@@ -61,18 +63,40 @@ def weights_from_hf(weights: dict[str, mx.array],
                     config: ModelConfig) -> tuple[dict[str, mx.array], dict[str, str]]:
     """Checkpoint tensors → our parameter names: (weights, our name → checkpoint key).
 
-    Built in Chapter 7. The family's sanitize drops buffers and fixes layouts; a tied head's copy of
-    the embedding is dropped; keys no rule knows are kept under their own name, so they get
-    reported.
+    Built in Chapter 7. The family's sanitize drops buffers and fixes layouts; keys no rule knows
+    are kept under their own name, so they get reported. With a tied head, as transformers does: an
+    ``lm_head`` equal to the embedding is dropped (the head *is* the embedding), a distinct one is
+    kept (``untie_distinct_head``), and a lone ``lm_head`` stands in for a missing embedding.
     """
     family = FAMILIES[config.family]
     out, source = {}, {}
     for key, value in family.sanitize(weights, config).items():
-        if key.startswith("lm_head.") and config.tie_embeddings:
-            continue  # the head *is* the embedding matrix
         ours = rename(key, family.names) or key
         out[ours], source[ours] = value, family.origin(key, weights)
+    head = sorted(name for name in out if name.startswith("head."))
+    if config.tie_embeddings and head:
+        embedding = {name: f"token_embedding.{name.removeprefix('head.')}" for name in head}
+        if not any(name in out for name in embedding.values()):  # only the head was stored
+            for name, renamed in embedding.items():
+                out[renamed], source[renamed] = out.pop(name), source.pop(name)
+        elif all(renamed in out and out[name].shape == out[renamed].shape
+                 and mx.array_equal(out[name], out[renamed]).item()
+                 for name, renamed in embedding.items()):
+            for name in head:  # a copy of the embedding
+                del out[name], source[name]
     return out, source
+
+
+def untie_distinct_head(config: ModelConfig, weights: dict[str, mx.array],
+                        where: str | Path) -> ModelConfig:
+    """``config`` untied when a tied config comes with its own, distinct head: transformers keeps
+    that head (with a warning), so its logits are the ones to match. Chapter 7."""
+    if not (config.tie_embeddings and "head.weight" in weights):
+        return config
+    warnings.warn(f"{where}: config.json says tie_word_embeddings=true but the weights hold an "
+                  "lm_head.weight that differs from the embedding; it is kept untied, as "
+                  "transformers does", stacklevel=3)
+    return dataclasses.replace(config, tie_embeddings=False)
 
 
 def weights_to_hf(params: dict[str, mx.array], config: ModelConfig) -> dict[str, mx.array]:
@@ -103,6 +127,8 @@ def read_config(folder: Path) -> ModelConfig:
                          f"{hf.get('model_type')} config needs") from None
     except TypeError as error:
         raise ValueError(f"{path} has a value of the wrong type ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -193,7 +219,10 @@ def build_model(config: ModelConfig, weights: dict[str, mx.array], source: dict[
     size and bits) unless ``dtype`` is given: then they are dequantized and every tensor is cast to
     ``dtype``.
     """
-    # its random init is lazy and never computed: every parameter is replaced
+    # first, cheaply: the checkpoint's blocks are the config's (a damaged config could ask for a
+    # million of them); the model's random init is lazy and never computed: every parameter is
+    # replaced
+    check_block_names(config, weights, "the checkpoint")
     model = TransformerLM(config)
     layouts = _quantized_layouts(model, weights, source)
     for name, value in weights.items():
@@ -281,6 +310,7 @@ def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> Tr
     dtype, folder = dtype_of(dtype), Path(folder)
     config = read_config(folder)
     weights, source = weights_from_hf(read_weights(checkpoint_files(folder)), config)
+    config = untie_distinct_head(config, weights, folder)
     return build_model(config, weights, source, dtype)
 
 
