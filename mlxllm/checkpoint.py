@@ -265,7 +265,7 @@ def load_run(folder: str | Path, config: TrainConfig | None = None) -> SavedRun:
 
 
 class WriteFailed(OSError):
-    """MLX could not write a file (it raises RuntimeError, e.g. '[write] Unable to write 8 bytes')."""
+    """MLX could not write a file: it raises RuntimeError ('[write] Unable to write 8 bytes')."""
 
 
 def save_arrays(path: Path, arrays: dict[str, mx.array], **metadata) -> None:
