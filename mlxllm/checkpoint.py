@@ -13,7 +13,6 @@ previous checkpoint whole. Built in Chapter 6, Training.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -29,7 +28,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.config import ModelConfig, TrainConfig
 from mlxllm.data import sha256_of
-from mlxllm.files import fsync, write_atomic
+from mlxllm.files import disk_trouble, fsync, save_arrays, write_atomic
 from mlxllm.model import TransformerLM, check_block_names
 from mlxllm.optimizer import make_optimizer
 
@@ -262,27 +261,6 @@ def load_run(folder: str | Path, config: TrainConfig | None = None) -> SavedRun:
 
 # --------------------------------------------------------------------------------------------------
 # Saving as one unit.
-
-
-class WriteFailed(OSError):
-    """MLX could not write a file: it raises RuntimeError ('[write] Unable to write 8 bytes')."""
-
-
-def save_arrays(path: Path, arrays: dict[str, mx.array], **metadata) -> None:
-    """``mx.save_safetensors``, with MLX's RuntimeError on a full disk raised as an OSError."""
-    try:
-        mx.save_safetensors(str(path), arrays, **metadata)
-    except RuntimeError as error:
-        raise WriteFailed(f"MLX: {error}") from None
-
-
-def disk_trouble(error: OSError) -> str:
-    """'what went wrong); what to do' for a failed write (a full disk, no permission)."""
-    if isinstance(error, WriteFailed):
-        return f"{error}); free some space or fix the folder's permissions"
-    what = error.strerror or str(error)
-    return f"{what}); " + ("free some space" if error.errno == errno.ENOSPC else
-                          "fix the folder's permissions")
 
 
 def save_checkpoint(trainer, folder: str | Path) -> Path:
