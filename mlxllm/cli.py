@@ -156,6 +156,8 @@ def finetune(args: argparse.Namespace) -> None:
     if config.dtype != "float32" or config.checkpoint_every or config.save != "last":
         raise ValueError("finetune trains float32 adapters over the model as loaded and saves them "
                          "at the end; --dtype, --checkpoint-every and --save do not apply to it")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be a positive integer, got {args.max_tokens}")
     targets = "all" if args.lora_targets == "all" else tuple(args.lora_targets.split(","))
     train = sft.load_jsonl(args.data)
     if args.valid:
@@ -192,9 +194,15 @@ def finetune(args: argparse.Namespace) -> None:
     print(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha} on {args.lora_targets}: "
           f"{trainable:,} trainable parameters beside the {base_parameters:,} of the frozen model")
     trainer = sft.make_trainer(model, tokenizer, train, valid, config,
-                               mask_prompt=not args.no_mask_prompt)
+                               mask_prompt=not args.no_mask_prompt, max_tokens=args.max_tokens)
     tick = time.perf_counter()
-    losses = trainer.run(progress=not args.quiet)
+    try:
+        losses = trainer.run(progress=not args.quiet)
+    except TrainingInterrupted as stop:  # the steps done so far are kept
+        save_adapters(model, out, base_model=args.model, steps=trainer.step)
+        raise TrainingInterrupted(f"{stop}; the adapters of step {trainer.step} are in {out} "
+                                  "(fine-tuning does not resume: `mlxllm finetune` again trains "
+                                  "from the start)") from None
     train_seconds = time.perf_counter() - tick
     save_adapters(model, out, base_model=args.model, steps=trainer.step)
     print(f"step {trainer.step}: val loss {losses['val_loss']:.4f} "
@@ -379,6 +387,9 @@ def make_parser() -> Parser:
                    help="comma-separated projections, or all")
     p.add_argument("--lora-layers", type=int, help="adapt the last this many blocks (default: all)")
     p.add_argument("--no-mask-prompt", action="store_true", help="learn the prompt tokens too")
+    p.add_argument("--max-tokens", type=int,
+                   help="refuse, by file and line, a conversation longer than this many tokens "
+                        "(less one: the last is only a target; default: the model's context)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in --eval")
     p.add_argument("--question", default="What is the capital of France?",
                    help="a general question answered before and after (with --eval)")
@@ -409,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        print(f"mlxllm train: stopped by {stop}", file=sys.stderr)
+        print(f"mlxllm {args.command}: stopped by {stop}", file=sys.stderr)
         return 130
     except RuntimeError as error:  # data parallel: another rank died, so its connection closed
         if not str(error).startswith("[ring]"):
