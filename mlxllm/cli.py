@@ -27,10 +27,15 @@ from pathlib import Path
 
 from mlxllm import data
 from mlxllm.checkpoint import is_checkpoint, load_checkpoint_tokenizer, run_lock
+from mlxllm.config import MAX_SEED
 from mlxllm.distributed import RanksDisagree, is_main, world
 from mlxllm.presets import PRESETS, prepare_run, resume_run
 from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import TrainConfig, TrainingDiverged, TrainingInterrupted
+
+
+# options that hold text for the model (not paths): checked to be UTF-8
+TEXT_OPTIONS = ("prompt", "system", "question")
 
 
 class UsageError(Exception):
@@ -279,17 +284,21 @@ def chat(args: argparse.Namespace) -> None:
                          "`mlxllm generate`")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
-    seed = args.seed
+    stdin = getattr(sys.stdin, "buffer", None)  # bytes: a line that is not UTF-8 gets named
+    seed, number = args.seed, 0
     while True:
+        number += 1
         try:
-            line = input(">>> ") if interactive else sys.stdin.readline()
+            line = input(">>> ") if interactive or stdin is None else stdin.readline()
         except EOFError:
             line = ""
+        except UnicodeDecodeError as error:
+            line = error.object  # the bytes of the line
         if not line:  # end of input
             if interactive:
                 print()
             return
-        line = line.rstrip("\n")
+        line = utf8_text(line, f"chat input line {number}").rstrip("\r\n")
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
@@ -307,12 +316,33 @@ def chat(args: argparse.Namespace) -> None:
             print(piece, end="", flush=True)
         print(flush=True)
         messages.append({"role": "assistant", "content": "".join(answer)})
-        seed = None if seed is None else seed + 1  # a new draw per turn, reproducible as a whole
+        # a new draw per turn, reproducible as a whole
+        seed = None if seed is None else (seed + 1) % (MAX_SEED + 1)
+
+
+def utf8_text(text: str | bytes, what: str) -> str:
+    """``text`` as a str, checked: bytes that are not UTF-8 (or, in a str, the stand-ins Python
+    decodes them to) → one ValueError naming ``what`` and the byte."""
+    if isinstance(text, bytes):
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad, at = text[error.start], error.start
+    else:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError as error:  # a lone surrogate: an undecodable byte of argv/stdin
+            code, at = ord(text[error.start]), error.start
+            bad = code - 0xDC00 if 0xDC80 <= code <= 0xDCFF else None
+    byte = f"the byte 0x{bad:02x}" if bad is not None else "a character that UTF-8 cannot hold"
+    raise ValueError(f"{what} is not UTF-8 text ({byte} at position {at}); pass UTF-8 (check the "
+                     "terminal's or the file's encoding, e.g. convert it with `iconv -t utf-8`)")
 
 
 def tokenize(args: argparse.Namespace) -> None:
     path = data.corpus_path(args.file)
-    text = path.read_text(encoding="utf-8")
+    text = data.read_text(path)
     if Path(args.tokenizer).is_dir():  # a checkpoint folder: its own tokenizer
         tokenizer = load_checkpoint_tokenizer(args.tokenizer)
     else:
@@ -326,6 +356,17 @@ def tokenize(args: argparse.Namespace) -> None:
         print(" ".join(map(str, ids)))
 
 
+def seed_option(text: str) -> int:
+    """``--seed``: an integer from 0 to 2**63 - 1 (argparse reports anything else in one line)."""
+    from mlxllm.config import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got "
+                                         f"{text!r}") from None
+
+
 def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int | None) -> None:
     p.add_argument("model", help="a training checkpoint folder, a Hugging Face folder, a .gguf "
                                  "file or smollm2-135m-instruct")
@@ -335,7 +376,7 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int | None)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--min-p", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_option, default=0, help="0 to 2**63 - 1")
     p.add_argument("--adapter", help="a folder of LoRA adapters (`mlxllm finetune --out`) to apply")
     p.add_argument("--core", action="store_true", help="decode through the core's plain KV-cache "
                    "loop (mlxllm.generate) instead of the compiled engine; the same tokens")
@@ -414,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `finetune`
+        for name in TEXT_OPTIONS:  # an undecodable byte in argv reaches Python as a stand-in
+            if isinstance(getattr(args, name, None), str):
+                utf8_text(getattr(args, name), f"--{name}")
         args.run(args)
     except (UsageError, ValueError, FileNotFoundError, TrainingDiverged, RanksDisagree) as error:
         command = f"mlxllm {args.command}" if "args" in locals() else "mlxllm"
