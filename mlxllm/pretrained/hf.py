@@ -63,40 +63,18 @@ def weights_from_hf(weights: dict[str, mx.array],
                     config: ModelConfig) -> tuple[dict[str, mx.array], dict[str, str]]:
     """Checkpoint tensors → our parameter names: (weights, our name → checkpoint key).
 
-    Built in Chapter 7. The family's sanitize drops buffers and fixes layouts; keys no rule knows
-    are kept under their own name, so they get reported. With a tied head, as transformers does: an
-    ``lm_head`` equal to the embedding is dropped (the head *is* the embedding), a distinct one is
-    kept (``untie_distinct_head``), and a lone ``lm_head`` stands in for a missing embedding.
+    Built in Chapter 7. The family's sanitize drops buffers and fixes layouts; a tied head's copy of
+    the embedding is dropped; keys no rule knows are kept under their own name, so they get
+    reported.
     """
     family = FAMILIES[config.family]
     out, source = {}, {}
     for key, value in family.sanitize(weights, config).items():
+        if key.startswith("lm_head.") and config.tie_embeddings:
+            continue  # the head *is* the embedding matrix
         ours = rename(key, family.names) or key
         out[ours], source[ours] = value, family.origin(key, weights)
-    head = sorted(name for name in out if name.startswith("head."))
-    if config.tie_embeddings and head:
-        embedding = {name: f"token_embedding.{name.removeprefix('head.')}" for name in head}
-        if not any(name in out for name in embedding.values()):  # only the head was stored
-            for name, renamed in embedding.items():
-                out[renamed], source[renamed] = out.pop(name), source.pop(name)
-        elif all(renamed in out and out[name].shape == out[renamed].shape
-                 and mx.array_equal(out[name], out[renamed]).item()
-                 for name, renamed in embedding.items()):
-            for name in head:  # a copy of the embedding
-                del out[name], source[name]
     return out, source
-
-
-def untie_distinct_head(config: ModelConfig, weights: dict[str, mx.array],
-                        where: str | Path) -> ModelConfig:
-    """``config`` untied when a tied config comes with its own, distinct head: transformers keeps
-    that head (with a warning), so its logits are the ones to match. Chapter 7."""
-    if not (config.tie_embeddings and "head.weight" in weights):
-        return config
-    warnings.warn(f"{where}: config.json says tie_word_embeddings=true but the weights hold an "
-                  "lm_head.weight that differs from the embedding; it is kept untied, as "
-                  "transformers does", stacklevel=3)
-    return dataclasses.replace(config, tie_embeddings=False)
 
 
 def weights_to_hf(params: dict[str, mx.array], config: ModelConfig) -> dict[str, mx.array]:
@@ -309,9 +287,35 @@ def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> Tr
     tokenizer)."""
     dtype, folder = dtype_of(dtype), Path(folder)
     config = read_config(folder)
-    weights, source = weights_from_hf(read_weights(checkpoint_files(folder)), config)
-    config = untie_distinct_head(config, weights, folder)
+    untied = dataclasses.replace(config, tie_embeddings=False)  # every tensor, lm_head included
+    weights, source = weights_from_hf(read_weights(checkpoint_files(folder)), untied)
+    config = tie_as_transformers(config, weights, source, folder)
     return build_model(config, weights, source, dtype)
+
+
+def tie_as_transformers(config: ModelConfig, weights: dict[str, mx.array], source: dict[str, str],
+                        where: str | Path) -> ModelConfig:
+    """A tied config read as transformers reads it (``PreTrainedModel.tie_weights``): an lm_head
+    equal to the embedding is the tied head itself (dropped), a distinct one is kept and the model
+    untied, with a warning; a lone lm_head stands in for the missing embedding. Chapter 7."""
+    head = sorted(name for name in weights if name.startswith("head."))
+    if not (config.tie_embeddings and head):
+        return config
+    pairs = {name: f"token_embedding.{name.removeprefix('head.')}" for name in head}
+    if not any(embedding in weights for embedding in pairs.values()):  # only the head was stored
+        for name, embedding in pairs.items():
+            weights[embedding], source[embedding] = weights.pop(name), source.pop(name)
+    elif all(embedding in weights and weights[name].shape == weights[embedding].shape
+             and mx.array_equal(weights[name], weights[embedding]).item()
+             for name, embedding in pairs.items()):
+        for name in head:  # a copy of the embedding
+            del weights[name], source[name]
+    else:
+        warnings.warn(f"{where}: config.json says tie_word_embeddings=true but the weights hold an "
+                      "lm_head.weight that differs from the embedding; it is kept untied, as "
+                      "transformers does", stacklevel=3)
+        return dataclasses.replace(config, tie_embeddings=False)
+    return config
 
 
 def _quantization(model: TransformerLM) -> dict | None:
