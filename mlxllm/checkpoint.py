@@ -349,14 +349,11 @@ def _holder(fd: int) -> tuple[int | None, str | None]:
 
 @contextlib.contextmanager
 def run_lock(folder: str | Path):
-    """Hold ``folder/run.lock`` while a run writes there. Built in Chapter 6, Training.
-
-    The lock is an exclusive ``flock`` on the file, which the kernel drops when the process ends,
-    so a crashed run never leaves a stale lock, and of several runs started at once exactly one
-    gets it. Inside, our pid and host, for the message the others get. A file naming a live
-    process of this host (or another host) that holds no flock, an older mlxllm's or one on a
-    shared disk, is respected too.
-    """
+    """Hold ``folder/run.lock`` while a run writes there: an exclusive ``flock`` (of runs started
+    at once exactly one gets it; the kernel drops it when a run dies), with our pid and host inside
+    for the others' message. A live other run → CheckpointError naming its pid. Chapter 6."""
+    # a file naming a live process that holds no flock (an older mlxllm's, or another host's on
+    # a shared disk) is respected too; one naming a process that is gone is taken over
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path, me = folder / "run.lock", {"pid": os.getpid(), "host": socket.gethostname()}

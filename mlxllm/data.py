@@ -165,7 +165,7 @@ def corpus_path(source: str | Path) -> Path:
 
 def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file (newlines as ``Path.read_text`` gives them); other bytes → one
-    ValueError naming the file, the line and the byte, and what to do."""
+    ValueError naming the file, the line and the byte, and what to do. Chapter 6."""
     path = Path(path)
     try:
         return path.read_text(encoding="utf-8")

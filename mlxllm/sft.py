@@ -44,7 +44,8 @@ def check_conversation(messages, where: str = "a conversation") -> list[dict]:
 
 
 class Conversation(list):
-    """The messages of one conversation (a list), with ``where`` it came from ("train.jsonl:7")."""
+    """The messages of one conversation (a list), with ``where`` it came from ("train.jsonl:7").
+    Chapter 9."""
 
     def __init__(self, messages, where: str = "a conversation"):
         super().__init__(messages)
@@ -152,13 +153,10 @@ def make_trainer(model: nn.Module, tokenizer, train: list[list[dict]], valid: li
                  config: TrainConfig, mask_prompt: bool = True,
                  max_tokens: int | None = None) -> Trainer:
     """A ``Trainer`` over the chat rows of ``train`` / ``valid`` for ``model`` as it is (after
-    ``apply_lora``: only the adapters train). Built in Chapter 9, Fine-tuning.
-
-    A conversation of n tokens is a row of n − 1; one longer than ``max_tokens`` (default: the
-    model's context) is refused by name, and so is a batch of the longest row that cannot fit in
-    memory. Each batch is cut to its own longest row (the trainer's buckets), so one long
-    conversation does not pad the others.
-    """
+    ``apply_lora``: only the adapters train). Built in Chapter 9, Fine-tuning."""
+    # a conversation of n tokens is a row of n - 1; one longer than max_tokens (or the context),
+    # and a batch of the longest row that cannot fit in memory, are refused by name (the trainer
+    # cuts each batch to its own longest row, so one long conversation pads only its batches)
     limit = max_tokens or model.config.context_length
     source = "--max-tokens" if max_tokens else "the model's context_length"
     rendered, longest = [], (0, "")

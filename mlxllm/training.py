@@ -63,14 +63,15 @@ def get_rows(rows: mx.array, batch_size: int, key: mx.array) -> tuple[mx.array, 
 
 
 def row_lengths(rows) -> np.ndarray:
-    """(N,) the tokens of each (inputs, targets) row up to its last kept target (at least 1)."""
+    """(N,) the tokens of each (inputs, targets) row up to its last kept target (at least 1).
+    Chapter 9."""
     kept = np.asarray(rows)[:, 1] != IGNORE  # (N, T)
     return np.where(kept.any(axis=1), kept.shape[1] - np.argmax(kept[:, ::-1], axis=1), 1)
 
 
 def bucket(length: int, context: int) -> int:
     """The width a batch whose longest row is ``length`` is cut to: a power of two from 32, at
-    most ``context``, so that the compiled step is traced for a few widths only."""
+    most ``context``, so that the compiled step is traced for a few widths only. Chapter 9."""
     return min(context, max(32, 1 << (int(length) - 1).bit_length()))
 
 
