@@ -41,10 +41,14 @@ TEXT_OPTIONS = ("prompt", "system", "question")
 class UsageError(Exception):
     """A mistake in the command line: reported in one line, exit status 2."""
 
+    def __init__(self, message: str, prog: str = "mlxllm"):
+        super().__init__(message)
+        self.prog = prog  # "mlxllm generate": the command the line was for
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print the whole usage block; one line is enough
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)", self.prog)
 
 
 def writable_folder(path: str) -> Path:
@@ -460,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                 utf8_text(getattr(args, name), f"--{name}")
         args.run(args)
     except (UsageError, ValueError, FileNotFoundError, TrainingDiverged, RanksDisagree) as error:
-        command = f"mlxllm {args.command}" if "args" in locals() else "mlxllm"
+        command = (f"mlxllm {args.command}" if "args" in locals() else
+                   error.prog if isinstance(error, UsageError) else "mlxllm")
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:

@@ -94,7 +94,8 @@ def test_tokenize_prints_ids_and_counts(tmp_path):
     (["train", "--steps", "ten", "--out", "{tmp}/a"], "invalid int value: 'ten'"),
     (["fly"], "invalid choice: 'fly'"),
     # seeds outside [0, 2**63): one line from every command, not a TypeError from inside MLX
-    (["generate", "{tmp}", "--seed", "-1"], "argument --seed: must be an integer from 0 to 2**63 - 1, got '-1'"),
+    (["generate", "{tmp}", "--seed", "-1"],
+     "mlxllm generate: error: argument --seed: must be an integer from 0 to 2**63 - 1, got '-1'"),
     (["generate", "{tmp}", "--seed", str(2**64)], f"argument --seed: must be an integer from 0 to 2**63 - 1, got '{2**64}'"),
     (["chat", "{tmp}", "--seed", "-1"], "argument --seed: must be an integer from 0 to 2**63 - 1"),
     (["chat", "{tmp}", "--seed", str(2**64)], "argument --seed: must be an integer from 0 to 2**63 - 1"),
