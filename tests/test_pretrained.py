@@ -522,6 +522,6 @@ def test_a_config_of_a_million_layers_is_compared_with_the_file_before_the_model
     write_llama(tmp_path, 320)
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "num_hidden_layers": 10**6}))
-    with pytest.raises(ValueError, match=r"n_layers=1,000,000 blocks, but the checkpoint holds the tensors of 2 "
+    with pytest.raises(ValueError, match=r"n_layers=1,000,000 blocks, but .* holds the tensors of 2 "
                                          r"\(numbered 0 to 1\)"):
         model_from_hf(tmp_path)

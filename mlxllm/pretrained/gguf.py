@@ -153,4 +153,4 @@ def model_from_gguf(path: str | Path, dtype: mx.Dtype | str | None = None,
     # unknown keys: reported as they are
     source = {rename(key, family.gguf_names) or key: key for key in weights}
     weights = {ours: weights[key] for ours, key in source.items()}
-    return build_model(config, family.sanitize_gguf(weights, config), source, dtype)
+    return build_model(config, family.sanitize_gguf(weights, config), source, dtype, path)

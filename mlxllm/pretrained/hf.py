@@ -190,7 +190,8 @@ def _quantized_layouts(model: TransformerLM, weights: dict[str, mx.array],
 
 
 def build_model(config: ModelConfig, weights: dict[str, mx.array], source: dict[str, str],
-                dtype: mx.Dtype | None = None) -> TransformerLM:
+                dtype: mx.Dtype | None = None,
+                where: str | Path = "the checkpoint") -> TransformerLM:
     """A ``TransformerLM`` holding exactly ``weights`` (our names), checked first.
 
     Built in Chapter 7. Quantized layers stay quantized (nn.quantize with each layer's own group
@@ -200,7 +201,7 @@ def build_model(config: ModelConfig, weights: dict[str, mx.array], source: dict[
     # first, cheaply: the checkpoint's blocks are the config's (a damaged config could ask for a
     # million of them); the model's random init is lazy and never computed: every parameter is
     # replaced
-    check_block_names(config, weights, "the checkpoint")
+    check_block_names(config, weights, str(where))
     model = TransformerLM(config)
     layouts = _quantized_layouts(model, weights, source)
     for name, value in weights.items():
@@ -290,7 +291,7 @@ def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> Tr
     untied = dataclasses.replace(config, tie_embeddings=False)  # every tensor, lm_head included
     weights, source = weights_from_hf(read_weights(checkpoint_files(folder)), untied)
     config = tie_as_transformers(config, weights, source, folder)
-    return build_model(config, weights, source, dtype)
+    return build_model(config, weights, source, dtype, folder)
 
 
 def tie_as_transformers(config: ModelConfig, weights: dict[str, mx.array], source: dict[str, str],
