@@ -189,7 +189,13 @@ def finetune(args: argparse.Namespace) -> None:
               "model": args.model,
               "split_sizes": {"train": len(train), "valid": len(valid),
                               "test": len(test) if test else 0}}
-    if test:
+    mx.random.seed(config.seed)
+    base_parameters = model.num_parameters()
+    trainable = apply_lora(model, args.lora_rank, args.lora_alpha, targets, args.lora_layers)
+    # the conversations' lengths and one step's memory are checked here, before anything slow
+    trainer = sft.make_trainer(model, tokenizer, train, valid, config,
+                               mask_prompt=not args.no_mask_prompt, max_tokens=args.max_tokens)
+    if test:  # the adapters start with B = 0: the model computes exactly the base model's logits
         tick = time.perf_counter()
         report["base_accuracy"], base = sft.exact_match(model, tokenizer, test, args.max_new_tokens)
         report["general_answer_base"] = sft.chat_answer(model, tokenizer, args.question,
@@ -197,13 +203,8 @@ def finetune(args: argparse.Namespace) -> None:
         report["base_eval_seconds"] = round(time.perf_counter() - tick, 1)
         print(f"base model: exact match {report['base_accuracy']:.1%} on {len(test)} test "
               "conversations")
-    mx.random.seed(config.seed)
-    base_parameters = model.num_parameters()
-    trainable = apply_lora(model, args.lora_rank, args.lora_alpha, targets, args.lora_layers)
     print(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha} on {args.lora_targets}: "
           f"{trainable:,} trainable parameters beside the {base_parameters:,} of the frozen model")
-    trainer = sft.make_trainer(model, tokenizer, train, valid, config,
-                               mask_prompt=not args.no_mask_prompt, max_tokens=args.max_tokens)
     tick = time.perf_counter()
     try:
         losses = trainer.run(progress=not args.quiet)
