@@ -303,7 +303,10 @@ def split_ahead(key: mx.array, steps: int) -> list[StepKeys]:
         following, batch, dropout = mx.random.split(key, 3, stream=mx.cpu)
         chain.append((key, following, batch, dropout))
         key = following
-    words = mx.stack([dropout for *_, dropout in chain]).tolist()  # (steps, 2) uint32 words
+    words = mx.stack([dropout for *_, dropout in chain])  # (steps, 2) uint32 words
+    # one transfer for the batch keys too: fine-tuning rows are picked on the host (next_batch)
+    mx.eval(words, [batch for _, _, batch, _ in chain])
+    words = words.tolist()
     return [StepKeys(*link[:3], high << 32 | low) for link, (high, low) in zip(chain, words)]
 
 
@@ -491,9 +494,9 @@ class Trainer:
         The step's dropout randomness is derived from the same key (MLX's global random state is
         seeded from it), so ``batch_key`` alone determines every random draw of the rest of the run.
         The keys are split ``KEYS_AHEAD`` steps at a time (``split_ahead``); a ``batch_key`` set
-        from outside (a resume) starts a new chain. Fine-tuning rows are drawn on the CPU stream
-        (no wait for the device) and the batch is cut to the ``bucket`` of its longest row: the
-        right padding past it carries no loss and is never attended to.
+        from outside (a resume) starts a new chain. Fine-tuning rows are drawn on the host and the
+        batch is cut to the ``bucket`` of its longest row: the right padding past it carries no
+        loss and is never attended to.
         """
         if not self._keys or self._keys[0].parent is not self.batch_key:
             self._keys = split_ahead(self.batch_key, self.KEYS_AHEAD)
@@ -502,11 +505,10 @@ class Trainer:
         mx.random.seed(keys.dropout_seed ^ self.group.rank())  # on rank 0: the step's dropout key
         c = self.config
         n = c.grad_accumulation * c.batch_size
-        if self.rows:
-            picked = mx.random.randint(0, self._train.shape[0], (n,), key=keys.batch,
-                                       stream=mx.cpu)
-            width = bucket(self._row_lengths[np.array(picked)].max(), self.context)
-            rows = self._train[picked][:, :, :width]  # (n, 2, width)
+        if self.rows:  # picked by numpy from the key's words (read in split_ahead): no device wait
+            picked = np.random.default_rng(keys.batch.tolist()).integers(0, len(self._train), n)
+            width = bucket(self._row_lengths[picked].max(), self.context)
+            rows = self._train[mx.array(picked)][:, :, :width]  # (n, 2, width)
             inputs, targets = rows[:, 0], rows[:, 1]
         else:
             inputs, targets = get_batch(self._train, n, self.context, keys.batch)
