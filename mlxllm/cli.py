@@ -27,7 +27,7 @@ from pathlib import Path
 
 from mlxllm import data
 from mlxllm.checkpoint import is_checkpoint, load_checkpoint_tokenizer, run_lock
-from mlxllm.config import MAX_SEED
+from mlxllm.config import MAX_SEED, check_seed
 from mlxllm.distributed import RanksDisagree, is_main, world
 from mlxllm.presets import PRESETS, prepare_run, resume_run
 from mlxllm.tokenizer.files import write_atomic
@@ -363,8 +363,6 @@ def tokenize(args: argparse.Namespace) -> None:
 
 def seed_option(text: str) -> int:
     """``--seed``: an integer from 0 to 2**63 - 1 (argparse reports anything else in one line)."""
-    from mlxllm.config import check_seed
-
     try:
         return check_seed(int(text))
     except ValueError:
