@@ -13,7 +13,7 @@ previous checkpoint whole. Built in Chapter 6, Training.
 from __future__ import annotations
 
 import contextlib
-import errno
+import fcntl
 import json
 import os
 import shutil
@@ -28,8 +28,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.config import ModelConfig, TrainConfig
 from mlxllm.data import sha256_of
-from mlxllm.files import fsync, write_atomic
-from mlxllm.model import TransformerLM
+from mlxllm.files import disk_trouble, fsync, save_arrays, write_atomic
+from mlxllm.model import TransformerLM, check_block_names
 from mlxllm.optimizer import make_optimizer
 
 MARKER = "checkpoint.json"
@@ -83,13 +83,23 @@ def read_manifest(folder: str | Path) -> dict:
     except (ValueError, KeyError, AttributeError, TypeError) as error:
         raise CheckpointError(f"{path} is corrupt ({type(error).__name__}: {error}); restore it "
                               "from a backup or train again into an empty --out") from None
+    if not is_plain_name(manifest["folder"]):  # data, not a path to trust
+        raise CheckpointError(f"{path} names the step folder {manifest['folder']!r}, which is not "
+                              f"a folder inside {folder} (no '..', no '/', no absolute path); "
+                              "restore checkpoint.json from a backup or train again")
     return manifest
+
+
+def is_plain_name(name) -> bool:
+    """Whether ``name`` is one file or folder name: no separators, not '.' or '..', not empty."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name)
 
 
 def verified(folder: str | Path, manifest: dict, name: str) -> Path:
     """The path of one file of the checkpoint, after checking its sha256 against the manifest."""
-    path = Path(folder) / manifest["folder"] / name
-    expected = manifest["files"].get(name)
+    path = Path(folder) / manifest["folder"] / str(name)
+    expected = manifest["files"].get(name) if is_plain_name(name) else None
     if expected is None or not path.is_file():
         raise CheckpointError(f"{path} is missing from the checkpoint; restore it or train again "
                               "into an empty --out")
@@ -167,11 +177,34 @@ def load_model(folder: str | Path) -> tuple[TransformerLM, object]:
     """The kept model (in eval mode) and its tokenizer, from a checkpoint folder written by
     ``Trainer``. Chapter 6."""
     manifest = read_manifest(folder)
-    model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
+    model = new_model(folder, manifest, "model.safetensors")
     model.set_dtype(TrainConfig.from_dict(manifest["train"]).parameter_dtype)
     load_model_weights(model, folder, manifest=manifest)
     model.eval()
     return model, load_checkpoint_tokenizer(folder, manifest)
+
+
+def new_model(folder: str | Path, manifest: dict, name: str) -> TransformerLM:
+    """A model of the manifest's config, after a cheap look at the names in ``name``'s header: a
+    damaged checkpoint.json could ask for a million blocks."""
+    config = ModelConfig.from_dict(manifest["model"])
+    path = Path(folder) / manifest["folder"] / name
+    if (names := stored_names(path)) is not None:  # unreadable: verified() names the damage later
+        check_block_names(config, names, str(path))
+    return TransformerLM(config)
+
+
+def stored_names(path: Path) -> list[str] | None:
+    """The tensor names of a safetensors file, from its header alone (8-byte length, then JSON);
+    None if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            if length > path.stat().st_size:
+                return None
+            return [name for name in json.loads(file.read(length)) if name != "__metadata__"]
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 @dataclass
@@ -201,9 +234,13 @@ def load_run(folder: str | Path, config: TrainConfig | None = None) -> SavedRun:
     config = config or saved_config
     state = read_json(folder, manifest, "state.json")
     metrics = read_json(folder, manifest, "metrics.json")
-    model = TransformerLM(ModelConfig.from_dict(manifest["model"]))
+    resume_from = state.get("resume_from", "model.safetensors")
+    if resume_from not in ("model.safetensors", "latest.safetensors"):
+        raise CheckpointError(f"{folder}: state.json resumes from {resume_from!r}, not one of the "
+                              "checkpoint's model files; restore it or train again")
+    model = new_model(folder, manifest, resume_from)
     model.set_dtype(config.parameter_dtype)
-    load_model_weights(model, folder, state.get("resume_from", "model.safetensors"), manifest)
+    load_model_weights(model, folder, resume_from, manifest)
     model.train()
     optimizer = make_optimizer(model, config)
     saved = read_arrays(folder, manifest, "optimizer.safetensors")
@@ -240,15 +277,14 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
         latest = dict(tree_flatten(trainer.model.parameters()))
         best = trainer.metrics.get("best")
         keep_best = trainer.config.save == "best" and trainer.best_parameters is not None
-        mx.save_safetensors(str(tmp / "model.safetensors"),
-                            dict(tree_flatten(trainer.best_parameters)) if keep_best else latest)
+        save_arrays(tmp / "model.safetensors",
+                    dict(tree_flatten(trainer.best_parameters)) if keep_best else latest)
         resume_from = "model.safetensors"
         # the kept model is older: the newest goes beside it
         if keep_best and best["step"] != trainer.step:
-            mx.save_safetensors(str(tmp / "latest.safetensors"), latest)
+            save_arrays(tmp / "latest.safetensors", latest)
             resume_from = "latest.safetensors"
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"),
-                            dict(tree_flatten(trainer.optimizer.state)))
+        save_arrays(tmp / "optimizer.safetensors", dict(tree_flatten(trainer.optimizer.state)))
         if trainer.tokenizer is not None:
             from mlxllm.tokenizer import save_tokenizer
 
@@ -276,12 +312,12 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
         write_atomic(folder / MARKER, json.dumps(manifest, indent=2))
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        what = error.strerror or str(error)
-        advice = "free some space" if error.errno == errno.ENOSPC else \
-            "fix the folder's permissions"
-        raise CheckpointError(f"could not write the checkpoint in {folder} ({what}); {advice}, "
+        raise CheckpointError(f"could not write the checkpoint in {folder} ({disk_trouble(error)}, "
                               "then continue with --resume: the previous checkpoint there is "
                               "intact") from None
+    except BaseException:  # anything else (a bug, Ctrl-C twice): no half-written folder stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in folder.iterdir():  # older step folders and interrupted saves
         if old.is_dir() and old != target and old.name.startswith(("step-", ".saving-")):
             shutil.rmtree(old, ignore_errors=True)
@@ -302,38 +338,58 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _holder(fd: int) -> tuple[int | None, str | None]:
+    """(pid, host) written in an open lock file; (None, None) while it is empty or unreadable."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return int(holder["pid"]), holder.get("host")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | Path):
-    """Hold ``folder/run.lock`` (our pid and host) while a run writes there; a lock whose process
-    is gone is stale and taken over. A live one → CheckpointError naming its pid. Built in
-    Chapter 6, Training."""
+    """Hold ``folder/run.lock`` while a run writes there: an exclusive ``flock`` (of runs started
+    at once exactly one gets it; the kernel drops it when a run dies), with our pid and host inside
+    for the others' message. A live other run → CheckpointError naming its pid. Chapter 6."""
+    # a file naming a live process that holds no flock (an older mlxllm's, or another host's on
+    # a shared disk) is respected too; one naming a process that is gone is taken over
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path, me = folder / "run.lock", {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
+
+    def in_use(pid, host):
+        where = "" if host in (None, me["host"]) else f" on {host}"
+        who = f"pid {pid}{where}" if pid is not None else "which is starting"
+        return CheckpointError(f"{folder} is in use by another run ({who}); wait for it to finish "
+                               f"or choose another --out (if that run is gone, delete {path})")
+
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-                pid, host = int(holder["pid"]), holder.get("host")
-            except (OSError, ValueError, KeyError, TypeError):
-                pid, host = None, me["host"]  # unreadable: written by a process killed mid-write
-            if pid is not None and (host != me["host"] or _alive(pid)):
-                where = "" if host == me["host"] else f" on {host}"
-                raise CheckpointError(f"{folder} is in use by another run (pid {pid}{where}); wait "
-                                      "for it to finish or choose another --out (if that run is "
-                                      f"gone, delete {path})") from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            error = in_use(*_holder(fd))
+            os.close(fd)
+            raise error from None
+        try:  # a run that ends unlinks the file before it unlocks: is ours still the one there?
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != os.fstat(fd).st_ino:
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(me))
-        break
+        pid, host = _holder(fd)
+        if pid is not None and pid != me["pid"] and (host != me["host"] or _alive(pid)):
+            os.close(fd)
+            raise in_use(pid, host)
+        break  # free, or left by a process that is gone
     else:
         raise CheckpointError(f"could not take the lock {path}; delete it if no run uses {folder}")
     try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
         yield path
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(path.read_text()).get("pid") == me["pid"]:
-                path.unlink()
+        path.unlink(missing_ok=True)  # while still locked: a waiting run then makes a new file
+        os.close(fd)

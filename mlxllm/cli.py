@@ -27,19 +27,28 @@ from pathlib import Path
 
 from mlxllm import data
 from mlxllm.checkpoint import is_checkpoint, load_checkpoint_tokenizer, run_lock
+from mlxllm.config import MAX_SEED, check_seed
 from mlxllm.distributed import RanksDisagree, is_main, world
 from mlxllm.presets import PRESETS, prepare_run, resume_run
 from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import TrainConfig, TrainingDiverged, TrainingInterrupted
 
 
+# options that hold text for the model (not paths): checked to be UTF-8
+TEXT_OPTIONS = ("prompt", "system", "question")
+
+
 class UsageError(Exception):
     """A mistake in the command line: reported in one line, exit status 2."""
+
+    def __init__(self, message: str, prog: str = "mlxllm"):
+        super().__init__(message)
+        self.prog = prog  # "mlxllm generate": the command the line was for
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print the whole usage block; one line is enough
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)", self.prog)
 
 
 def writable_folder(path: str) -> Path:
@@ -156,6 +165,8 @@ def finetune(args: argparse.Namespace) -> None:
     if config.dtype != "float32" or config.checkpoint_every or config.save != "last":
         raise ValueError("finetune trains float32 adapters over the model as loaded and saves them "
                          "at the end; --dtype, --checkpoint-every and --save do not apply to it")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be a positive integer, got {args.max_tokens}")
     targets = "all" if args.lora_targets == "all" else tuple(args.lora_targets.split(","))
     train = sft.load_jsonl(args.data)
     if args.valid:
@@ -178,7 +189,13 @@ def finetune(args: argparse.Namespace) -> None:
               "model": args.model,
               "split_sizes": {"train": len(train), "valid": len(valid),
                               "test": len(test) if test else 0}}
-    if test:
+    mx.random.seed(config.seed)
+    base_parameters = model.num_parameters()
+    trainable = apply_lora(model, args.lora_rank, args.lora_alpha, targets, args.lora_layers)
+    # the conversations' lengths and one step's memory are checked here, before anything slow
+    trainer = sft.make_trainer(model, tokenizer, train, valid, config,
+                               mask_prompt=not args.no_mask_prompt, max_tokens=args.max_tokens)
+    if test:  # the adapters start with B = 0: the model computes exactly the base model's logits
         tick = time.perf_counter()
         report["base_accuracy"], base = sft.exact_match(model, tokenizer, test, args.max_new_tokens)
         report["general_answer_base"] = sft.chat_answer(model, tokenizer, args.question,
@@ -186,15 +203,16 @@ def finetune(args: argparse.Namespace) -> None:
         report["base_eval_seconds"] = round(time.perf_counter() - tick, 1)
         print(f"base model: exact match {report['base_accuracy']:.1%} on {len(test)} test "
               "conversations")
-    mx.random.seed(config.seed)
-    base_parameters = model.num_parameters()
-    trainable = apply_lora(model, args.lora_rank, args.lora_alpha, targets, args.lora_layers)
     print(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha} on {args.lora_targets}: "
           f"{trainable:,} trainable parameters beside the {base_parameters:,} of the frozen model")
-    trainer = sft.make_trainer(model, tokenizer, train, valid, config,
-                               mask_prompt=not args.no_mask_prompt)
     tick = time.perf_counter()
-    losses = trainer.run(progress=not args.quiet)
+    try:
+        losses = trainer.run(progress=not args.quiet)
+    except TrainingInterrupted as stop:  # the steps done so far are kept
+        save_adapters(model, out, base_model=args.model, steps=trainer.step)
+        raise TrainingInterrupted(f"{stop}; the adapters of step {trainer.step} are in {out} "
+                                  "(fine-tuning does not resume: `mlxllm finetune` again trains "
+                                  "from the start)") from None
     train_seconds = time.perf_counter() - tick
     save_adapters(model, out, base_model=args.model, steps=trainer.step)
     print(f"step {trainer.step}: val loss {losses['val_loss']:.4f} "
@@ -272,17 +290,21 @@ def chat(args: argparse.Namespace) -> None:
                          "`mlxllm generate`")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
-    seed = args.seed
+    stdin = getattr(sys.stdin, "buffer", None)  # bytes: a line that is not UTF-8 gets named
+    seed, number = args.seed, 0
     while True:
+        number += 1
         try:
-            line = input(">>> ") if interactive else sys.stdin.readline()
+            line = input(">>> ") if interactive or stdin is None else stdin.readline()
         except EOFError:
             line = ""
+        except UnicodeDecodeError as error:
+            line = error.object  # the bytes of the line
         if not line:  # end of input
             if interactive:
                 print()
             return
-        line = line.rstrip("\n")
+        line = utf8_text(line, f"chat input line {number}").rstrip("\r\n")
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
@@ -301,12 +323,33 @@ def chat(args: argparse.Namespace) -> None:
             print(piece, end="", flush=True)
         print(flush=True)
         messages.append({"role": "assistant", "content": "".join(answer)})
-        seed = None if seed is None else seed + 1  # a new draw per turn, reproducible as a whole
+        # a new draw per turn, reproducible as a whole
+        seed = None if seed is None else (seed + 1) % (MAX_SEED + 1)
+
+
+def utf8_text(text: str | bytes, what: str) -> str:
+    """``text`` as a str, checked: bytes that are not UTF-8 (or, in a str, the stand-ins Python
+    decodes them to) → one ValueError naming ``what`` and the byte."""
+    if isinstance(text, bytes):
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad, at = text[error.start], error.start
+    else:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError as error:  # a lone surrogate: an undecodable byte of argv/stdin
+            code, at = ord(text[error.start]), error.start
+            bad = code - 0xDC00 if 0xDC80 <= code <= 0xDCFF else None
+    byte = f"the byte 0x{bad:02x}" if bad is not None else "a character that UTF-8 cannot hold"
+    raise ValueError(f"{what} is not UTF-8 text ({byte} at position {at}); pass UTF-8 (check the "
+                     "terminal's or the file's encoding, e.g. convert it with `iconv -t utf-8`)")
 
 
 def tokenize(args: argparse.Namespace) -> None:
     path = data.corpus_path(args.file)
-    text = path.read_text(encoding="utf-8")
+    text = data.read_text(path)
     if Path(args.tokenizer).is_dir():  # a checkpoint folder: its own tokenizer
         tokenizer = load_checkpoint_tokenizer(args.tokenizer)
     else:
@@ -320,6 +363,15 @@ def tokenize(args: argparse.Namespace) -> None:
         print(" ".join(map(str, ids)))
 
 
+def seed_option(text: str) -> int:
+    """``--seed``: an integer from 0 to 2**63 - 1 (argparse reports anything else in one line)."""
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got "
+                                         f"{text!r}") from None
+
+
 def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int | None) -> None:
     p.add_argument("model", help="a training checkpoint folder, a Hugging Face folder, a .gguf "
                                  "file or smollm2-135m-instruct")
@@ -329,7 +381,7 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int | None)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--min-p", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_option, default=0, help="0 to 2**63 - 1")
     p.add_argument("--adapter", help="a folder of LoRA adapters (`mlxllm finetune --out`) to apply")
     p.add_argument("--core", action="store_true", help="decode through the core's plain KV-cache "
                    "loop (mlxllm.generate) instead of the compiled engine; the same tokens")
@@ -381,6 +433,9 @@ def make_parser() -> Parser:
                    help="comma-separated projections, or all")
     p.add_argument("--lora-layers", type=int, help="adapt the last this many blocks (default: all)")
     p.add_argument("--no-mask-prompt", action="store_true", help="learn the prompt tokens too")
+    p.add_argument("--max-tokens", type=int,
+                   help="refuse, by file and line, a conversation longer than this many tokens "
+                        "(less one: the last is only a target; default: the model's context)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit in --eval")
     p.add_argument("--question", default="What is the capital of France?",
                    help="a general question answered before and after (with --eval)")
@@ -405,13 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `finetune`
+        for name in TEXT_OPTIONS:  # an undecodable byte in argv reaches Python as a stand-in
+            if isinstance(getattr(args, name, None), str):
+                utf8_text(getattr(args, name), f"--{name}")
         args.run(args)
     except (UsageError, ValueError, FileNotFoundError, TrainingDiverged, RanksDisagree) as error:
-        command = f"mlxllm {args.command}" if "args" in locals() else "mlxllm"
+        command = (f"mlxllm {args.command}" if "args" in locals() else
+                   error.prog if isinstance(error, UsageError) else "mlxllm")
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        print(f"mlxllm train: stopped by {stop}", file=sys.stderr)
+        print(f"mlxllm {args.command}: stopped by {stop}", file=sys.stderr)
         return 130
     except RuntimeError as error:  # data parallel: another rank died, so its connection closed
         if not str(error).startswith("[ring]"):

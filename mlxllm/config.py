@@ -7,6 +7,7 @@ same for a training run (Chapter 6).
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -16,6 +17,11 @@ FAMILY_NAMES = ("gpt2", "llama")
 NORMS = ("layernorm", "rmsnorm", "none")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+# the longest context a config may ask for: 2**24 positions, past the longest published model's
+# (10M); a larger number comes from a damaged file, and would be allocated by a full KV cache
+MAX_CONTEXT = 1 << 24
+# seeds are at most 2**63 - 1: a training run derives seed + 1, and MLX keys are 64-bit
+MAX_SEED = (1 << 63) - 1
 
 
 def swiglu_hidden_dims(dims: int, multiple_of: int = 32) -> int:
@@ -82,6 +88,10 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "dims", "n_layers", "n_heads"):
             _check_int(name, getattr(self, name), minimum=1)
+        if self.context_length > MAX_CONTEXT:
+            raise ValueError(f"context_length={self.context_length:,} is more than the "
+                             f"{MAX_CONTEXT:,} positions (2**24) a model may have; the file it "
+                             "came from is damaged, or give a smaller context_length")
         for name, allowed in (("family", FAMILY_NAMES), ("norm", NORMS), ("position", POSITIONS),
                               ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
@@ -105,13 +115,10 @@ class ModelConfig:
                              f"got dims / n_heads = {self.head_dim}")
         if self.position == "sinusoidal" and self.dims % 2:
             raise ValueError(f"sinusoidal positions need even dims, got {self.dims}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be positive (it keeps a norm from dividing by zero), "
-                             f"got {self.norm_eps}")
-        if self.logit_softcap is not None and not self.logit_softcap > 0:
-            raise ValueError(f"logit_softcap must be positive or None, got {self.logit_softcap}")
+        _check_positive("rope_theta", self.rope_theta)
+        _check_positive("norm_eps", self.norm_eps)  # it keeps a norm from dividing by zero
+        if self.logit_softcap is not None:
+            _check_positive("logit_softcap", self.logit_softcap, " or None")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.parallel_block and not self.pre_norm:
@@ -221,6 +228,7 @@ class TrainConfig:
             _check_int("context", self.context, minimum=1)
         for name in ("warmup", "checkpoint_every", "seed", "patience"):
             _check_int(name, getattr(self, name), minimum=0)
+        check_seed(self.seed)
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, "
                              f"min_lr={self.min_lr}")
@@ -250,6 +258,20 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields are "
                              f"{sorted(known)}")
         return cls(**values)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` if it is an integer in [0, MAX_SEED], else a ValueError saying so. Chapter 5."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return seed
+
+
+def _check_positive(name: str, value, allowed: str = "") -> None:
+    """A finite positive number (not NaN, not infinite, not a bool or a string)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value > 0)):
+        raise ValueError(f"{name} must be a finite positive number{allowed}, got {value!r}")
 
 
 def _check_int(name: str, value, minimum: int) -> None:

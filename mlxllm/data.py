@@ -163,6 +163,25 @@ def corpus_path(source: str | Path) -> Path:
     return path
 
 
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file (newlines as ``Path.read_text`` gives them); other bytes → one
+    ValueError naming the file, the line and the byte, and what to do. Chapter 6."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # its position is within one chunk: find it in the whole file
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            raise ValueError(f"{path} is not UTF-8 text: line {line:,} has the byte "
+                             f"0x{data[error.start]:02x} (at byte {error.start:,}); convert the "
+                             "file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or pass another "
+                             "file") from None
+        raise
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what ``tokenizer.save`` writes: two tokenizers that save alike encode alike."""
     with tempfile.TemporaryDirectory() as folder:
@@ -194,7 +213,7 @@ def tokenize_corpus(source: str | Path, tokenizer, *, cache: bool = True,
     if cache and cached.is_file():
         return np.load(cached)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    ids = np.array(encode_text(tokenizer, path.read_text(encoding="utf-8")), dtype=dtype)
+    ids = np.array(encode_text(tokenizer, read_text(path)), dtype=dtype)
     if cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         with replacing(cached) as temporary:
@@ -278,7 +297,7 @@ def prepare_corpus(source: str | Path, tokenizer, val_fraction: float = 0.1) -> 
     described = describe_corpus(source, path)
     spec = tokenizer if isinstance(tokenizer, str) else f"{type(tokenizer).__name__} (given)"
     if isinstance(tokenizer, str):
-        tokenizer = build_tokenizer(tokenizer, path.read_text(encoding="utf-8"))
+        tokenizer = build_tokenizer(tokenizer, read_text(path))
     train_ids, val_ids = split_ids(tokenize_corpus(path, tokenizer,
                                                    corpus_sha256=described["corpus_sha256"]),
                                    val_fraction)

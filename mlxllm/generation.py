@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from mlxllm.attention import KVCache
+from mlxllm.config import check_seed
 from mlxllm.model import TransformerLM
 
 # Temperatures below this are greedy decoding (argmax): dividing by a tiny temperature would
@@ -158,7 +159,7 @@ def make_request(model: TransformerLM, prompt_ids: Iterable[int], max_new_tokens
             or max_new_tokens < 0):
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if key is None:
-        key = mx.random.key(seed) if seed is not None else \
+        key = mx.random.key(check_seed(seed)) if seed is not None else \
             mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
     return Request(prompt, max_new_tokens, sampler, key, {int(i) for i in stop_ids})
 

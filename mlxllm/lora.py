@@ -9,22 +9,29 @@ Fine-tuning.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
-from mlxllm.files import replacing, write_atomic
+from mlxllm.files import disk_trouble, replacing, save_arrays, write_atomic
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")
 TARGETS = ATTENTION + FFN  # what targets="all" means
+# one file holds the arrays and, in its metadata, the settings: a crash mid-save never pairs new
+# arrays with old settings; adapter_config.json beside it is a copy for people, never read back
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "mlxllm-lora"
+SETTINGS_KEY = "mlxllm-lora"  # the metadata entry of ADAPTER_WEIGHTS that holds the settings
+# what identifies the base model in its fingerprint, beside its 1-D parameters
+BASE_SIZES = ("family", "vocab_size", "dims", "n_layers", "n_heads", "n_kv_heads", "ffn_dims")
 
 
 class LoRALinear(nn.Module):
@@ -152,52 +159,111 @@ def adapter_arrays(model: nn.Module) -> dict[str, mx.array]:
     return {k: v for k, v in tree_flatten(model.parameters()) if k.endswith((".lora_a", ".lora_b"))}
 
 
+def arrays_digest(arrays: dict[str, mx.array]) -> str:
+    """sha256 of named arrays: names, shapes and float32 values, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        values = np.asarray(arrays[name].astype(mx.float32))
+        digest.update(f"{name}{values.shape}".encode() + values.tobytes())
+    return digest.hexdigest()
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """sha256 of the base model under the adapters: its sizes and every 1-D parameter (norm gains,
+    biases) rounded to bfloat16, so that a cast or quantized copy of the same weights matches and
+    another model of the same shape does not. Built in Chapter 9, Fine-tuning."""
+    sizes = {name: int(v) if isinstance(v := getattr(model.config, name), int) else v
+             for name in BASE_SIZES}
+    digest = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode())
+    vectors = sorted((name.replace(".base.", "."), value)  # a LoRA layer's base: the plain name
+                     for name, value in tree_flatten(model.parameters())
+                     if value.ndim == 1 and mx.issubdtype(value.dtype, mx.floating)
+                     and not name.endswith((".lora_a", ".lora_b")))
+    for name, value in vectors:
+        rounded = np.asarray(value.astype(mx.bfloat16).view(mx.uint16))
+        digest.update(name.encode() + b"\0" + rounded.tobytes())
+    return digest.hexdigest()
+
+
 def save_adapters(model: nn.Module, path: str | Path, **extra) -> Path:
-    """Write the adapters (``adapters.safetensors``) and their settings (``adapter_config.json``,
-    written last) into the folder ``path``, each file atomically. Built in Chapter 9,
-    Fine-tuning."""
+    """Write the adapters into the folder ``path`` as one file, ``adapters.safetensors``, whose
+    metadata holds their settings, the base model's fingerprint and the arrays' sha256; written
+    atomically, after a readable copy of the settings (``adapter_config.json``). Built in Chapter
+    9, Fine-tuning."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("this model has no LoRA adapters to save; call apply_lora first")
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     first = layers[0][1]
     blocks = sorted({int(p.split(".")[1]) for p, _ in layers})
+    arrays = adapter_arrays(model)
     config = {"format": FORMAT, "rank": first.rank, "alpha": first.alpha,
               "targets": sorted({p.rsplit(".", 1)[1] for p, _ in layers}, key=TARGETS.index),
-              "layers": len(model.blocks) - blocks[0], "n_blocks": len(model.blocks), **extra}
-    with replacing(folder / ADAPTER_WEIGHTS) as temporary:
-        mx.save_safetensors(str(temporary), adapter_arrays(model))
-    write_atomic(folder / ADAPTER_CONFIG, json.dumps(config, indent=2))
+              "layers": len(model.blocks) - blocks[0], "n_blocks": len(model.blocks), **extra,
+              "base_fingerprint": base_fingerprint(model), "sha256": arrays_digest(arrays)}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / ADAPTER_CONFIG, json.dumps(config, indent=2))
+        with replacing(folder / ADAPTER_WEIGHTS) as temporary:  # the commit: one rename
+            save_arrays(temporary, arrays, metadata={SETTINGS_KEY: json.dumps(config)})
+    except OSError as error:
+        raise ValueError(f"could not write the adapters in {folder} "
+                         f"({disk_trouble(error)}, then save them again") from None
     return folder
 
 
-def read_adapter_config(path: str | Path) -> dict:
-    """``adapter_config.json`` of an adapter folder, or a ValueError saying what the folder is
-    instead."""
-    file = Path(path) / ADAPTER_CONFIG
+def read_adapters(path: str | Path) -> tuple[dict, dict[str, mx.array]]:
+    """(settings, arrays) of an adapter folder, both from ``adapters.safetensors``, its sha256
+    checked; a missing, damaged or foreign file → one ValueError saying so. Chapter 9."""
+    folder = Path(path)
+    file = folder / ADAPTER_WEIGHTS
+    again = "fine-tune again (`mlxllm finetune --out`) or restore the folder from a backup"
+    if not file.is_file():
+        raise ValueError(f"{path} holds no LoRA adapters (no {ADAPTER_WEIGHTS}); write them with "
+                         "`mlxllm finetune --out` or save_adapters")
     try:
-        config = json.loads(file.read_text())
+        arrays, metadata = mx.load(str(file), format="safetensors", return_metadata=True)
+        digest = arrays_digest(arrays)  # reads every array: a short file fails here
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{file} cannot be read ({error}): it is damaged or incomplete; "
+                         f"{again}") from None
+    try:
+        config = json.loads(metadata[SETTINGS_KEY])
         if config.get("format") != FORMAT:
             raise ValueError(f"format is {config.get('format')!r}, not {FORMAT!r}")
-    except FileNotFoundError:
-        raise ValueError(f"{path} holds no LoRA adapters (no {ADAPTER_CONFIG}); write them with "
-                         "`mlxllm finetune --out` or save_adapters") from None
-    except (ValueError, AttributeError) as error:
-        raise ValueError(f"{file} is not an adapter config ({error}); fine-tune again") from None
-    return config
+        (config["rank"], config["alpha"], config["targets"], config["layers"],  # noqa: B018
+         config["n_blocks"], config["base_fingerprint"], config["sha256"])
+    except KeyError as error:
+        raise ValueError(f"{file} lacks the adapter setting {error.args[0]!r} (written by an "
+                         f"older mlxllm or another tool); {again}") from None
+    except (ValueError, AttributeError, TypeError) as error:
+        raise ValueError(f"{file} holds no valid adapter settings ({error}); {again}") from None
+    if digest != config["sha256"]:
+        raise ValueError(f"{file} is damaged (its arrays' sha256 differs from the one recorded "
+                         f"with them); {again}")
+    return config, arrays
+
+
+def read_adapter_config(path: str | Path) -> dict:
+    """The settings of an adapter folder (``read_adapters`` without the arrays)."""
+    return read_adapters(path)[0]
 
 
 def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
-    """Wrap ``model`` as the saved adapters say and load their weights; returns the model.
-    Built in Chapter 9, Fine-tuning."""
-    config = read_adapter_config(path)
+    """Wrap ``model`` as the saved adapters say and load their weights, after checking that it is
+    the base model they were trained on (its fingerprint); returns the model. Built in Chapter 9,
+    Fine-tuning."""
+    config, weights = read_adapters(path)
     if config["n_blocks"] != len(model.blocks):
         raise ValueError(f"the adapters in {path} were trained on a model of {config['n_blocks']} "
                          f"blocks, this one has {len(model.blocks)}; load them on the model they "
                          "were trained for")
+    if config["base_fingerprint"] != base_fingerprint(model):
+        trained_on = f" ({config['base_model']})" if config.get("base_model") else ""
+        raise ValueError(f"the adapters in {path} were trained on another base model{trained_on}: "
+                         "this model's sizes or weights differ from that one's; load them on the "
+                         "model they were trained for")
     apply_lora(model, config["rank"], config["alpha"], config["targets"], config["layers"])
-    weights = mx.load(str(Path(path) / ADAPTER_WEIGHTS))
     expected = adapter_arrays(model)
     for name, array in expected.items():
         if name not in weights or weights[name].shape != array.shape:

@@ -6,6 +6,8 @@ pretrained weights Chapter 7 loads).
 """
 
 import math
+import re
+from typing import Iterable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -165,3 +167,14 @@ def _logical_size(module: nn.Module) -> int:
                 + (module.bias.size if "bias" in module else 0))
     return sum(p.size for _, p in tree_flatten(module.parameters()))
 
+
+def check_block_names(config: ModelConfig, names: Iterable[str], what: str) -> None:
+    """ValueError unless the ``blocks.N.`` parameter names number exactly the config's
+    ``n_layers``: a cheap check before a model of that depth is built. Chapter 7."""
+    layers = {int(match[1]) for name in names if (match := re.match(r"blocks\.(\d+)\.", name))}
+    if layers != set(range(config.n_layers)):
+        held = (f"{len(layers):,} (numbered {min(layers)} to {max(layers)})" if layers
+                else "none")
+        raise ValueError(f"the config has n_layers={config.n_layers:,} blocks, but {what} holds "
+                         f"the tensors of {held}; the config and the weights belong to different "
+                         "models (or one of them is damaged)")

@@ -103,29 +103,33 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def step_memory(model_config: ModelConfig, config: TrainConfig) -> int:
+def step_memory(model_config: ModelConfig, config: TrainConfig,
+                parameter_bytes: int | None = None) -> int:
     """A rough lower bound on the bytes one training step needs: parameters, gradients and AdamW's
-    two moments, plus the activations kept for the backward pass (attention scores B·H·T² and
-    logits B·T·V dominate). Chapter 6."""
+    two moments (or ``parameter_bytes`` of them, for a model of frozen and trainable parts), plus
+    the activations kept for the backward pass (attention scores B·H·T² and logits B·T·V
+    dominate). Chapter 6."""
     c, m = config, model_config
     T, B, size = c.context or m.context_length, c.batch_size, 4 if c.dtype == "float32" else 2
     parameters = (m.vocab_size * m.dims
                   + m.n_layers * (4 * m.dims * m.dims + 3 * m.dims * m.ffn_dims))
     per_layer = B * T * (8 * m.dims + 2 * m.ffn_dims) + 2 * B * m.n_heads * T * T
-    return 4 * parameters * 4 + size * (m.n_layers * per_layer + 3 * B * T * m.vocab_size)
+    parameter_bytes = 4 * parameters * 4 if parameter_bytes is None else parameter_bytes
+    return parameter_bytes + size * (m.n_layers * per_layer + 3 * B * T * m.vocab_size)
 
 
-def check_memory(model_config: ModelConfig, config: TrainConfig) -> None:
-    """Refuse up front a step that cannot fit, saying how much it needs.
-
-    Built in Chapter 6, Training."""
-    needed, have = step_memory(model_config, config), available_memory()
+def check_memory(model_config: ModelConfig, config: TrainConfig, what: str | None = None,
+                 advice: str = "use a smaller --context or --batch-size",
+                 parameter_bytes: int | None = None) -> None:
+    """Refuse up front a step that cannot fit, saying how much it needs (``what``: the step's
+    shape in words) and ``advice``. Built in Chapter 6, Training."""
+    needed = step_memory(model_config, config, parameter_bytes)
+    have = available_memory()
     if needed > 0.9 * have:
-        raise ValueError(f"batch_size {config.batch_size} × context "
-                         f"{config.context or model_config.context_length} needs about "
-                         f"{needed / 2**30:,.1f} GiB for one training step, more than the "
-                         f"{have / 2**30:,.1f} GiB this machine has; use a smaller --context or "
-                         "--batch-size")
+        what = what or (f"batch_size {config.batch_size} × context "
+                        f"{config.context or model_config.context_length}")
+        raise ValueError(f"{what} needs about {needed / 2**30:,.1f} GiB for one training step, "
+                         f"more than the {have / 2**30:,.1f} GiB this machine has; {advice}")
 
 
 # --------------------------------------------------------------------------------------------------

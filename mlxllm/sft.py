@@ -6,15 +6,19 @@ greedy generation. Data is mlx-lm's chat JSONL: one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 
+from mlxllm.data import read_text
 from mlxllm.generation import generate_batch
 from mlxllm.optimizer import make_optimizer
+from mlxllm.presets import check_memory
 from mlxllm.tokenizer.chat import validate_messages
 from mlxllm.tokenizer.files import write_atomic
 from mlxllm.training import IGNORE, TrainConfig, Trainer
@@ -39,14 +43,24 @@ def check_conversation(messages, where: str = "a conversation") -> list[dict]:
     return messages
 
 
-def load_jsonl(path: str | Path) -> list[list[dict]]:
-    """The conversations of a chat JSONL file (mlx-lm's format), each checked. Chapter 9."""
+class Conversation(list):
+    """The messages of one conversation (a list), with ``where`` it came from ("train.jsonl:7").
+    Chapter 9."""
+
+    def __init__(self, messages, where: str = "a conversation"):
+        super().__init__(messages)
+        self.where = where
+
+
+def load_jsonl(path: str | Path) -> list[Conversation]:
+    """The conversations of a chat JSONL file (mlx-lm's format), each checked and knowing its line.
+    Chapter 9."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; make it with `python -m mlxllm.tasks` or "
                                 "give a JSONL file of {\"messages\": [...]} lines")
     conversations = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -55,7 +69,9 @@ def load_jsonl(path: str | Path) -> list[list[dict]]:
             raise ValueError(f"{path}:{number} is not JSON ({error})") from None
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{number}: each line must be an object with 'messages'")
-        conversations.append(check_conversation(record.get("messages"), f"{path}:{number}"))
+        where = f"{path}:{number}"
+        conversations.append(Conversation(check_conversation(record.get("messages"), where),
+                                          where))
     if not conversations:
         raise ValueError(f"{path} holds no conversations")
     return conversations
@@ -134,15 +150,37 @@ def finetune_config(**overrides) -> TrainConfig:
 
 
 def make_trainer(model: nn.Module, tokenizer, train: list[list[dict]], valid: list[list[dict]],
-                 config: TrainConfig, mask_prompt: bool = True) -> Trainer:
+                 config: TrainConfig, mask_prompt: bool = True,
+                 max_tokens: int | None = None) -> Trainer:
     """A ``Trainer`` over the chat rows of ``train`` / ``valid`` for ``model`` as it is (after
     ``apply_lora``: only the adapters train). Built in Chapter 9, Fine-tuning."""
-    train_rendered, valid_rendered = ([render(tokenizer, m) for m in split]
-                                      for split in (train, valid))
-    # one row length for both
-    length = max(len(ids) for ids, _ in train_rendered + valid_rendered) - 1
-    train_rows = pack_rows(train_rendered, length, mask_prompt)
-    valid_rows = pack_rows(valid_rendered, length, mask_prompt)
+    # a conversation of n tokens is a row of n - 1; one longer than max_tokens (or the context),
+    # and a batch of the longest row that cannot fit in memory, are refused by name (the trainer
+    # cuts each batch to its own longest row, so one long conversation pads only its batches)
+    limit = max_tokens or model.config.context_length
+    source = "--max-tokens" if max_tokens else "the model's context_length"
+    rendered, longest = [], (0, "")
+    for split in (train, valid):
+        rendered.append([])
+        for i, messages in enumerate(split):
+            ids, learn = render(tokenizer, messages)
+            where = getattr(messages, "where", f"conversation {i + 1}")
+            if len(ids) - 1 > limit:
+                raise ValueError(f"{where}: the conversation is {len(ids):,} tokens, a row of "
+                                 f"{len(ids) - 1:,}, longer than {source} {limit:,}; shorten or "
+                                 "remove it" + (", or raise --max-tokens" if max_tokens else ""))
+            longest = max(longest, (len(ids) - 1, where))
+            rendered[-1].append((ids, learn))
+    length, where = longest  # one row length for both splits
+    # the frozen model once, and the adapters with their gradients and AdamW's two moments
+    held = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+    held += 3 * sum(p.nbytes for _, p in tree_flatten(model.trainable_parameters()))
+    check_memory(model.config, dataclasses.replace(config, context=length),
+                 what=f"batch_size {config.batch_size} × rows of {length:,} tokens (the longest "
+                      f"conversation, {where})",
+                 advice="shorten or remove the longest conversations (--max-tokens N names any "
+                        "over N tokens), or use a smaller --batch-size", parameter_bytes=held)
+    train_rows, valid_rows = (pack_rows(split, length, mask_prompt) for split in rendered)
     model.train()
     mx.random.seed(config.seed)
     return Trainer(model, config, train_rows, valid_rows, make_optimizer(model, config), tokenizer,

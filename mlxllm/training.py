@@ -62,6 +62,19 @@ def get_rows(rows: mx.array, batch_size: int, key: mx.array) -> tuple[mx.array, 
     return picked[:, 0], picked[:, 1]
 
 
+def row_lengths(rows) -> np.ndarray:
+    """(N,) the tokens of each (inputs, targets) row up to its last kept target (at least 1).
+    Chapter 9."""
+    kept = np.asarray(rows)[:, 1] != IGNORE  # (N, T)
+    return np.where(kept.any(axis=1), kept.shape[1] - np.argmax(kept[:, ::-1], axis=1), 1)
+
+
+def bucket(length: int, context: int) -> int:
+    """The width a batch whose longest row is ``length`` is cut to: a power of two from 32, at
+    most ``context``, so that the compiled step is traced for a few widths only. Chapter 9."""
+    return min(context, max(32, 1 << (int(length) - 1).bit_length()))
+
+
 def make_train_step(model: nn.Module, optimizer: optim.Optimizer, config: TrainConfig,
                     compile: bool = True, masked: bool = False) -> Callable:
     """``step(inputs, targets)`` on (A, B, T) micro-batches → (loss, gradient norm, learning rate).
@@ -290,7 +303,10 @@ def split_ahead(key: mx.array, steps: int) -> list[StepKeys]:
         following, batch, dropout = mx.random.split(key, 3, stream=mx.cpu)
         chain.append((key, following, batch, dropout))
         key = following
-    words = mx.stack([dropout for *_, dropout in chain]).tolist()  # (steps, 2) uint32 words
+    words = mx.stack([dropout for *_, dropout in chain])  # (steps, 2) uint32 words
+    # one transfer for the batch keys too: fine-tuning rows are picked on the host (next_batch)
+    mx.eval(words, [batch for _, _, batch, _ in chain])
+    words = words.tolist()
     return [StepKeys(*link[:3], high << 32 | low) for link, (high, low) in zip(chain, words)]
 
 
@@ -338,6 +354,8 @@ class Trainer:
                         check_stream(*splits, model_config, self.config, self.group))
         self._train = mx.array(np.asarray(self.train_ids, dtype=np.int32))
         self._val = mx.array(np.asarray(self.val_ids, dtype=np.int32))
+        # fine-tuning rows: how long each one is, so that a batch is cut to its own longest row
+        self._row_lengths = row_lengths(self.train_ids) if self.rows else None
         if self.batch_key is None:
             self.batch_key = mx.random.key(self.config.seed)
         # the compiled step and the update:data ratios, made at the first step (for the state
@@ -476,7 +494,9 @@ class Trainer:
         The step's dropout randomness is derived from the same key (MLX's global random state is
         seeded from it), so ``batch_key`` alone determines every random draw of the rest of the run.
         The keys are split ``KEYS_AHEAD`` steps at a time (``split_ahead``); a ``batch_key`` set
-        from outside (a resume) starts a new chain.
+        from outside (a resume) starts a new chain. Fine-tuning rows are drawn on the host and the
+        batch is cut to the ``bucket`` of its longest row: the right padding past it carries no
+        loss and is never attended to.
         """
         if not self._keys or self._keys[0].parent is not self.batch_key:
             self._keys = split_ahead(self.batch_key, self.KEYS_AHEAD)
@@ -485,9 +505,14 @@ class Trainer:
         mx.random.seed(keys.dropout_seed ^ self.group.rank())  # on rank 0: the step's dropout key
         c = self.config
         n = c.grad_accumulation * c.batch_size
-        inputs, targets = (get_rows(self._train, n, keys.batch) if self.rows else
-                           get_batch(self._train, n, self.context, keys.batch))
-        shape = (c.grad_accumulation, c.batch_size, self.context)
+        if self.rows:  # picked by numpy from the key's words (read in split_ahead): no device wait
+            picked = np.random.default_rng(keys.batch.tolist()).integers(0, len(self._train), n)
+            width = bucket(self._row_lengths[picked].max(), self.context)
+            rows = self._train[mx.array(picked)][:, :, :width]  # (n, 2, width)
+            inputs, targets = rows[:, 0], rows[:, 1]
+        else:
+            inputs, targets = get_batch(self._train, n, self.context, keys.batch)
+        shape = (c.grad_accumulation, c.batch_size, inputs.shape[-1])
         return tuple(shard_rows(ids.reshape(shape), self.group) for ids in (inputs, targets))
 
     def _record(self, launched: LaunchedStep) -> float:

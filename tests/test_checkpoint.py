@@ -225,3 +225,97 @@ def test_resuming_a_last_run_with_save_best_does_not_call_the_latest_model_the_b
     resumed = Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS, small_config(save="best"))
     # the "last" run never kept its best parameters: they are unknown, not the final ones
     assert resumed.best_parameters is None
+
+
+# ---------------------------------------------------------------------------- faults and bad input (issue #33)
+
+@pytest.mark.parametrize("folder", ["..", "../step-000002", "/tmp", ".", "", "step-000002/../..", 7])
+def test_checkpoint_json_may_name_only_a_folder_inside_the_checkpoint(tmp_path, folder):
+    make_trainer(steps=2).run(out=tmp_path / "run", progress=False)
+    marker = tmp_path / "run" / "checkpoint.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "folder": folder}))
+    with pytest.raises(CheckpointError, match=r"names the step folder .*which is not a folder inside"):
+        load_model(tmp_path / "run")
+
+
+def test_state_json_may_resume_only_from_the_checkpoints_model_files(tmp_path):
+    make_trainer(steps=2).run(out=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    state = tmp_path / manifest["folder"] / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "resume_from": "../../elsewhere.safetensors"}))
+    manifest["files"]["state.json"] = checkpoint.sha256_of(state)  # as if written so: the digest alone proves nothing
+    (tmp_path / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"resumes from '\.\./\.\./elsewhere\.safetensors', not one of"):
+        Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS)
+
+
+def test_a_checkpoint_json_of_a_million_blocks_is_compared_with_the_weights_first(tmp_path, monkeypatch):
+    from test_pretrained import no_deep_models
+
+    make_trainer(steps=2).run(out=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    manifest["model"]["n_layers"] = 10**6
+    (tmp_path / "checkpoint.json").write_text(json.dumps(manifest))
+    no_deep_models(monkeypatch, checkpoint)
+    with pytest.raises(ValueError, match=r"n_layers=1,000,000 blocks, but .*model\.safetensors holds the tensors of 1"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="n_layers=1,000,000 blocks"):
+        Trainer.resume(tmp_path, TRAIN_IDS, VAL_IDS)
+
+
+def test_a_full_disk_in_mlxs_writer_is_one_sentence_and_leaves_no_partial_save(tmp_path, monkeypatch):
+    """mx.save_safetensors raises RuntimeError, not OSError, when the disk is full: caught, cleaned up, one line."""
+    trainer = make_trainer()
+    trainer.run(until=2, out=tmp_path, progress=False)
+
+    def full(path, arrays, **metadata):
+        open(path, "wb").write(b"the first bytes")
+        raise RuntimeError("[write] Unable to write 8 bytes to file.")  # what MLX says on a full disk
+
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    with pytest.raises(CheckpointError, match=r"could not write the checkpoint in .* \(MLX: \[write\] Unable to write "
+                                              r"8 bytes to file\.\); free some space or fix the folder's permissions, "
+                                              r"then continue with --resume"):
+        trainer.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "step-000002"]  # no .saving-* left
+    monkeypatch.undo()
+    assert load_model(tmp_path)[0] is not None
+
+
+LOCK_CONTENDER = """
+import os, sys, time
+sys.path.insert(0, sys.argv[4])
+import mlxllm.checkpoint as checkpoint
+folder, go, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+real_open = os.open
+
+def slow_open(path, *args, **kwargs):  # a slow disk: time passes between creating run.lock and using it
+    fd = real_open(path, *args, **kwargs)
+    if str(path).endswith("run.lock"):
+        time.sleep(delay)
+    return fd
+
+os.open = slow_open
+print("ready", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.0005)
+try:
+    with checkpoint.run_lock(folder):
+        print("held", flush=True)
+        time.sleep(1.5)
+except checkpoint.CheckpointError as error:
+    print("refused", error, flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05])
+def test_of_six_runs_started_together_exactly_one_holds_the_lock(tmp_path, delay):
+    for trial in range(2):
+        folder, go = tmp_path / f"run{trial}", tmp_path / f"go{trial}"
+        runs = [subprocess.Popen([sys.executable, "-c", LOCK_CONTENDER, str(folder), str(go), str(delay), os.getcwd()],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        assert all(run.stdout.readline().strip() == "ready" for run in runs)
+        go.touch()  # all six start at once
+        outcomes = [run.communicate(timeout=60)[0].split(None, 1)[0] for run in runs]
+        assert sorted(outcomes) == ["held"] + ["refused"] * 5, outcomes
+        assert not (folder / "run.lock").exists()

@@ -93,6 +93,18 @@ def test_tokenize_prints_ids_and_counts(tmp_path):
     (["train", "--corpus", "{corpus}", "--out", "{tmp}/a", "--save", "first"], "invalid choice: 'first'"),
     (["train", "--steps", "ten", "--out", "{tmp}/a"], "invalid int value: 'ten'"),
     (["fly"], "invalid choice: 'fly'"),
+    # seeds outside [0, 2**63): one line from every command, not a TypeError from inside MLX
+    (["generate", "{tmp}", "--seed", "-1"],
+     "mlxllm generate: error: argument --seed: must be an integer from 0 to 2**63 - 1, got '-1'"),
+    (["generate", "{tmp}", "--seed", str(2**64)], f"argument --seed: must be an integer from 0 to 2**63 - 1, got '{2**64}'"),
+    (["chat", "{tmp}", "--seed", "-1"], "argument --seed: must be an integer from 0 to 2**63 - 1"),
+    (["chat", "{tmp}", "--seed", str(2**64)], "argument --seed: must be an integer from 0 to 2**63 - 1"),
+    (["train", "--corpus", "{corpus}", "--out", "{tmp}/a", "--seed", str(2**64)],
+     f"seed must be an integer from 0 to 2**63 - 1, got {2**64}"),
+    (["finetune", "{tmp}", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/a", "--seed", "-1"],
+     "seed must be a non-negative integer, got -1"),
+    (["finetune", "{tmp}", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/a", "--seed", str(2**64)],
+     "seed must be an integer from 0 to 2**63 - 1"),
 ])
 def test_errors_are_one_line_with_exit_status_2(tmp_path, corpus, args, message):
     result = mlxllm(*[a.format(tmp=tmp_path, corpus=corpus) for a in args])
@@ -192,3 +204,51 @@ def test_generate_and_chat_refuse_a_folder_that_holds_no_model(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     for command in ("generate", "chat"):
         one_line_error(mlxllm(command, tmp_path), "holds no model")
+
+
+# ---------------------------------------------------------------------------- faults and bad input (issue #33)
+
+LATIN1 = "Speak, speak.\nAll: caf\xe9\n".encode("latin-1")  # 0xe9 on line 2: not UTF-8
+
+
+@pytest.mark.parametrize("command", ["train", "tokenize", "finetune"])
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, command):
+    path = tmp_path / ("data.jsonl" if command == "finetune" else "corpus.txt")
+    path.write_bytes(b'{"messages": []}\n' + LATIN1 if command == "finetune" else LATIN1)
+    args = {"train": ["train", "--corpus", path, *TINY, "--out", tmp_path / "run"],
+            "tokenize": ["tokenize", "--tokenizer", "char", path],
+            "finetune": ["finetune", tmp_path, "--data", path, "--out", tmp_path / "run"]}[command]
+    line = 3 if command == "finetune" else 2
+    one_line_error(mlxllm(*args), f"{path} is not UTF-8 text: line {line} has the byte 0xe9",
+                   "convert the file to UTF-8")
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mlxllm.cli", "generate", str(tmp_path), "--prompt", b"caf\xe9"],
+                            capture_output=True, text=True, timeout=300)
+    one_line_error(result, "mlxllm generate: error: --prompt is not UTF-8 text (the byte 0xe9 at position 3)")
+
+
+def test_chat_input_that_is_not_utf8_is_one_line_naming_the_line():
+    result = subprocess.run([sys.executable, "-m", "mlxllm.cli", "chat", "smollm2-135m-instruct", "--temperature", "0",
+                             "--max-new-tokens", "1"], input=b"Hello\ncaf\xe9\n", capture_output=True, timeout=300)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "chat input line 2 is not UTF-8 text (the byte 0xe9 at position 3)" in stderr, stderr
+    assert result.stdout.decode().strip()  # the first line was answered
+
+
+def test_a_full_disk_in_mlxs_writer_is_one_line_and_exit_2(trained, capsys, monkeypatch):
+    import mlx.core as mx
+
+    from mlxllm.cli import main
+
+    def full(path, arrays, **metadata):
+        raise RuntimeError("[write] Unable to write 8 bytes to file.")  # what MLX says on a full disk
+
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    assert main(["train", "--out", str(trained), "--resume", "--steps", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "(MLX: [write] Unable to write 8 bytes to file.); free some space or fix the folder's permissions" in err
+    assert len(err.strip().splitlines()) == 1 and json.loads((trained / "checkpoint.json").read_text())["step"] == 2
+    assert not [p for p in trained.iterdir() if p.name.startswith(".saving-")]

@@ -3,6 +3,7 @@ package) feeding mlx-lm's LLaMA, with llama.cpp's q/k row order kept and its adj
 (rope_traditional=True). We load the same file through mx.load, un-permute q/k and use rotate-half RoPE."""
 
 import math
+import re
 import sys
 
 import gguf
@@ -146,8 +147,10 @@ def write_tiny_gguf(path, qtype: QType, tied: bool = True, seed: int = 0, **meta
     writer.add_rope_freq_base(metadata.pop("rope_theta", 5000.0))
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(VOCAB)
-    for key, value in metadata.items():
-        writer.add_key_value(key, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.UINT32)
+    for key, value in metadata.items():  # a key written above is overwritten (gguf logs a warning)
+        kind = (gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32
+                if isinstance(value, float) else gguf.GGUFValueType.UINT64 if value >= 2**32 else gguf.GGUFValueType.UINT32)
+        writer.add_key_value(key, value, kind)
     head_dim = DIMS // HEADS
     shapes = {"token_embd.weight": (VOCAB, DIMS), "output_norm.weight": (DIMS,)}
     if not tied:
@@ -257,3 +260,43 @@ def test_other_gguf_architectures_and_bad_metadata_are_refused(tmp_path):
     (tmp_path / "qwen3.gguf").write_bytes(data)
     with pytest.raises(ValueError, match="GGUF architecture 'qwen3' is not supported; supported: \\['llama'\\]"):
         model_from_gguf(tmp_path / "qwen3.gguf")
+
+
+# ---------------------------------------------------------------------------- faults and bad input (issue #33)
+
+@pytest.mark.parametrize("metadata,message", [
+    ({"rope_theta": math.inf}, "llama.rope.freq_base: rope theta must be finite, got inf"),
+    ({"rope_theta": math.nan}, "llama.rope.freq_base: rope theta must be finite, got nan"),
+    ({"llama.attention.layer_norm_rms_epsilon": math.inf}, "norm_eps must be a finite positive number, got inf"),
+    ({"llama.attention.head_count": 0}, "llama.attention.head_count is 0, not a positive integer"),
+    ({"llama.attention.head_count": "4"}, "llama.attention.head_count is '4', not a positive integer"),
+    ({"llama.context_length": 2**62}, "context_length=4,611,686,018,427,387,904 is more than the 16,777,216"),
+])
+def test_damaged_gguf_numbers_are_one_line_refusals(tmp_path, metadata, message):
+    path = tmp_path / "bad.gguf"
+    write_tiny_gguf(path, QType.F32, **metadata)
+    with pytest.raises(ValueError, match=rf"bad\.gguf: .*{re.escape(message)}"):
+        model_from_gguf(path)
+
+
+def test_the_cli_refuses_a_damaged_gguf_in_one_line(tmp_path):
+    import subprocess
+
+    path = tmp_path / "bad.gguf"
+    write_tiny_gguf(path, QType.F32, rope_theta=math.inf)
+    result = subprocess.run([sys.executable, "-m", "mlxllm.cli", "generate", str(path), "--max-new-tokens", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("mlxllm generate: error: ") and "rope theta must be finite" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_gguf_of_a_million_blocks_is_compared_with_its_tensors_before_the_model_is_built(tmp_path, monkeypatch):
+    import mlxllm.pretrained.hf as hf_module
+    from test_pretrained import no_deep_models
+
+    no_deep_models(monkeypatch, hf_module)
+    path = tmp_path / "deep.gguf"
+    write_tiny_gguf(path, QType.Q8_0, **{"llama.block_count": 10**6})
+    with pytest.raises(ValueError, match=r"n_layers=1,000,000 blocks, but .*deep\.gguf holds the tensors of 2"):
+        model_from_gguf(path)

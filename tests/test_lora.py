@@ -157,9 +157,88 @@ def test_bad_lora_input_gets_clear_errors(tmp_path):
         apply_lora(model)
     with pytest.raises(ValueError, match="no LoRA adapters"):
         save_adapters(llama(), tmp_path / "none")
-    with pytest.raises(ValueError, match="no adapter_config.json"):
+    with pytest.raises(ValueError, match="holds no LoRA adapters"):
         load_adapters(llama(), tmp_path)
     save_adapters(model, tmp_path / "a")
     other = randomize(make_model("llama", dims=64, ffn_dims=128, n_heads=4, n_kv_heads=2, n_layers=3))
     with pytest.raises(ValueError, match="3"):
         load_adapters(other, tmp_path / "a")
+
+
+# ---------------------------------------------------------------------------- faults and bad input (issue #33)
+
+def saved_pair(tmp_path):
+    """Adapters A saved in tmp_path/a, and a second model with adapters B (same shapes, other alpha and values)."""
+    a = llama()
+    apply_lora(a, rank=4, alpha=8, targets=("q_proj", "v_proj"))
+    randomize_adapters(a, seed=1)
+    save_adapters(a, tmp_path / "a", base_model="tiny")
+    b = llama()
+    apply_lora(b, rank=4, alpha=16, targets=("q_proj", "v_proj"))
+    randomize_adapters(b, seed=2)
+    return a(IDS), b, b(IDS)
+
+
+@pytest.mark.parametrize("writer", ["settings", "arrays"])
+def test_a_save_cut_off_anywhere_loads_the_old_adapters_or_the_new_never_a_mix(tmp_path, monkeypatch, writer):
+    import mlxllm.lora as lora
+
+    logits_a, b, logits_b = saved_pair(tmp_path)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("the process is killed here")
+
+    if writer == "settings":
+        monkeypatch.setattr(lora, "write_atomic", killed)
+    else:
+        monkeypatch.setattr(mx, "save_safetensors", killed)
+    with pytest.raises(SystemExit):
+        save_adapters(b, tmp_path / "a", base_model="tiny")
+    monkeypatch.undo()
+    loaded = load_adapters(llama(), tmp_path / "a")(IDS)
+    assert mx.array_equal(loaded, logits_a) or mx.array_equal(loaded, logits_b)
+    save_adapters(b, tmp_path / "a", base_model="tiny")  # and once the save ends, the new ones
+    assert mx.array_equal(load_adapters(llama(), tmp_path / "a")(IDS), logits_b)
+
+
+def test_adapters_refuse_a_base_model_other_than_theirs(tmp_path):
+    saved_pair(tmp_path)
+    with pytest.raises(ValueError, match=r"were trained on another base model \(tiny\): this model's sizes or weights "
+                                         r"differ"):
+        load_adapters(llama(seed=5), tmp_path / "a")  # the same shapes, other weights
+    cast = llama()
+    cast.set_dtype(mx.bfloat16)
+    load_adapters(cast, tmp_path / "a")  # the same weights in bfloat16: the same base
+    load_adapters(llama(quantized=True), tmp_path / "a")  # and quantized (QLoRA's base)
+
+
+def test_missing_and_damaged_adapter_files_are_one_sentence(tmp_path):
+    saved_pair(tmp_path)
+    file = tmp_path / "a" / "adapters.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"adapters\.safetensors cannot be read .*damaged or incomplete; fine-tune"):
+        load_adapters(llama(), tmp_path / "a")
+    file.write_bytes(data[:-4] + bytes(4))  # the last float changed: the header still reads
+    with pytest.raises(ValueError, match=r"adapters\.safetensors is damaged \(its arrays' sha256 differs"):
+        load_adapters(llama(), tmp_path / "a")
+    mx.save_safetensors(str(file), {"x": mx.zeros((2,))})  # a safetensors file of someone else's
+    with pytest.raises(ValueError, match=r"lacks the adapter setting 'mlxllm-lora'"):
+        load_adapters(llama(), tmp_path / "a")
+    file.unlink()
+    with pytest.raises(ValueError, match="holds no LoRA adapters"):
+        load_adapters(llama(), tmp_path / "a")
+
+
+def test_a_full_disk_while_saving_adapters_is_one_sentence_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def full(path, arrays, **metadata):
+        open(path, "wb").write(b"the first bytes")
+        raise RuntimeError("[write] Unable to write 8 bytes to file.")  # what MLX says on a full disk
+
+    model = llama()
+    apply_lora(model)
+    monkeypatch.setattr(mx, "save_safetensors", full)
+    with pytest.raises(ValueError, match=r"could not write the adapters in .* \(MLX: \[write\] Unable to write 8 bytes "
+                                         r"to file\.\); free some space or fix the folder's permissions"):
+        save_adapters(model, tmp_path / "a")
+    assert [p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")] == []

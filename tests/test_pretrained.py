@@ -461,3 +461,67 @@ def test_training_checkpoint_folder_is_delegated_to_the_checkpoint_loader(tmp_pa
     assert tokenizer.decode([0, 1, 2]) == "abc"
     assert mx.array_equal(model(IDS % 20), reference(IDS % 20))
     assert load_pretrained(tmp_path, dtype="bfloat16")[0].token_embedding.weight.dtype == mx.bfloat16
+
+
+# ---------------------------------------------------------------------------- faults and bad input (issue #33)
+
+def test_a_tied_config_with_a_distinct_lm_head_keeps_the_head_as_transformers_does(tmp_path):
+    """transformers (modeling_utils.tie_weights) ties only when lm_head equals the embedding; a distinct one is
+    kept, with a warning. The reference: the same tensors under an untied config, in mlx-lm."""
+    write_llama(tmp_path / "tied", 320, tied=True)
+    weights = mx.load(str(tmp_path / "tied" / "model.safetensors"))
+    head = mx.random.normal(weights["model.embed_tokens.weight"].shape, key=mx.random.key(3)) / 7
+    mx.save_safetensors(str(tmp_path / "tied" / "model.safetensors"), {**weights, "lm_head.weight": head})
+    shutil.copytree(tmp_path / "tied", tmp_path / "untied")
+    hf = json.loads((tmp_path / "untied" / "config.json").read_text())
+    (tmp_path / "untied" / "config.json").write_text(json.dumps({**hf, "tie_word_embeddings": False}))
+    with pytest.warns(UserWarning, match="differs from the embedding; it is kept untied, as transformers does"):
+        model = model_from_hf(tmp_path / "tied")
+    assert not model.config.tie_embeddings and mx.array_equal(model.head.weight, head)
+    assert_matches(model(IDS), mlx_lm_logits(tmp_path / "untied"))
+    # an lm_head that is a copy of the embedding is the tied head itself; a lone lm_head is the embedding
+    embedding = weights["model.embed_tokens.weight"]
+    mx.save_safetensors(str(tmp_path / "tied" / "model.safetensors"), {**weights, "lm_head.weight": embedding})
+    assert model_from_hf(tmp_path / "tied").config.tie_embeddings
+    del weights["model.embed_tokens.weight"]
+    mx.save_safetensors(str(tmp_path / "tied" / "model.safetensors"), {**weights, "lm_head.weight": embedding})
+    model = model_from_hf(tmp_path / "tied")
+    assert model.config.tie_embeddings and mx.array_equal(model.token_embedding.weight, embedding)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"rope_theta": float("inf")}, "rope theta must be finite, got inf"),
+    ({"rope_theta": float("nan")}, "rope theta must be finite, got nan"),
+    ({"rms_norm_eps": float("inf")}, "norm_eps must be a finite positive number, got inf"),
+    ({"rms_norm_eps": float("nan")}, "norm_eps must be a finite positive number, got nan"),
+    ({"max_position_embeddings": 2**62}, "context_length=4,611,686,018,427,387,904 is more than the 16,777,216"),
+])
+def test_infinite_and_nan_numbers_in_config_json_are_refused(tmp_path, change, message):
+    write_llama(tmp_path, 320)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, **change}))  # json writes Infinity and NaN
+    with pytest.raises(ValueError, match=rf"config\.json: .*{message}"):
+        model_from_hf(tmp_path)
+
+
+def no_deep_models(monkeypatch, module):
+    """Fail the test if ``module`` builds a TransformerLM deeper than 16 blocks (10^6 would take ~100 GiB)."""
+    real = module.TransformerLM
+
+    def guarded(config):
+        assert config.n_layers <= 16, f"a model of {config.n_layers:,} blocks was built before the check"
+        return real(config)
+
+    monkeypatch.setattr(module, "TransformerLM", guarded)
+
+
+def test_a_config_of_a_million_layers_is_compared_with_the_file_before_the_model_is_built(tmp_path, monkeypatch):
+    import mlxllm.pretrained.hf as hf_module
+
+    no_deep_models(monkeypatch, hf_module)
+    write_llama(tmp_path, 320)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "num_hidden_layers": 10**6}))
+    with pytest.raises(ValueError, match=r"n_layers=1,000,000 blocks, but .* holds the tensors of 2 "
+                                         r"\(numbered 0 to 1\)"):
+        model_from_hf(tmp_path)

@@ -158,3 +158,122 @@ def test_cli_finetune_then_chat_with_the_adapter(tmp_path, tokenizer):
     assert chat.returncode == 0, chat.stderr
     bad = mlxllm_cli("finetune", tmp_path / "tiny", "--data", tmp_path / "missing.jsonl", "--out", out)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- faults and bad input (issue #33)
+
+def test_a_batch_is_cut_to_its_longest_row_so_one_long_conversation_pads_only_its_own():
+    rng = np.random.default_rng(1)
+    rows = np.full((40, 2, 300), IGNORE, dtype=np.int32)
+    rows[:, 0] = 0
+    rows[:, 0, :10] = rng.integers(1, 97, (40, 10))  # distinct prompts: each row can be found again
+    rows[:, 1, 5:10] = 7
+    rows[0, 0, :290] = rng.integers(1, 97, 290)  # one long conversation of 290 tokens
+    rows[0, 1, 280:290] = 7
+    model = randomize(make_model("llama", seed=0))
+    apply_lora(model, rank=2, alpha=4, targets="all")
+    config = sft.finetune_config(steps=40, batch_size=4, eval_interval=40, eval_batches=1)
+    trainer = mlxllm.Trainer(model, config, rows[:36], rows[36:], mlxllm.optimizer.make_optimizer(model, config))
+    assert trainer.context == 300
+    widths = []
+    for _ in range(40):
+        inputs, targets = trainer.next_batch()  # (A, B, width)
+        widths.append(inputs.shape[-1])
+        for row_inputs, row_targets in zip(np.array(inputs[0]), np.array(targets[0])):
+            source = next(i for i in range(36) if np.array_equal(rows[i, 0, :10], row_inputs[:10]))
+            assert np.array_equal(rows[source, 0, :len(row_inputs)], row_inputs)  # a prefix of its row...
+            assert (rows[source, 1, len(row_targets):] == IGNORE).all()  # ...that keeps every target
+    assert set(widths) == {32, 300}, widths  # short batches are not padded to the long row
+    again = mlxllm.Trainer(model, config, rows[:36], rows[36:], mlxllm.optimizer.make_optimizer(model, config))
+    assert [again.next_batch()[0].shape[-1] for _ in range(40)] == widths  # the same draws from the same seed
+    losses = [again.train_step() for _ in range(6)]  # the compiled step takes every width
+    assert all(np.isfinite(losses))
+
+
+@pytest.fixture
+def long_context_chat_model(tmp_path, tokenizer):
+    """A tiny chat model (SmolLM2's tokenizer) with room for long conversations, and data with one of ~6,000 tokens."""
+    mx.random.seed(0)
+    tiny = TransformerLM(ModelConfig.llama(vocab_size=tokenizer.vocab_size, context_length=8192, dims=32,
+                                           n_layers=2, n_heads=4, n_kv_heads=2, ffn_dims=64))
+    mlxllm.save_pretrained(tiny, tokenizer, tmp_path / "tiny")
+    splits = tasks.date_splits({"train": 8, "valid": 2, "test": 1}, seed=0)
+    long = [{"role": "user", "content": "Say it."}, {"role": "assistant", "content": "word " * 6000}]
+    sft.write_jsonl(splits["train"][:2] + [long] + splits["train"][2:], tmp_path / "train.jsonl")
+    sft.write_jsonl(splits["valid"], tmp_path / "valid.jsonl")
+    return tmp_path
+
+
+def test_finetune_estimates_memory_and_refuses_a_batch_that_cannot_fit(long_context_chat_model, monkeypatch, capsys):
+    import mlxllm.presets as presets
+    from mlxllm.cli import main
+
+    folder = long_context_chat_model
+    monkeypatch.setattr(presets, "available_memory", lambda: 8 * 2**30)
+    args = ["finetune", str(folder / "tiny"), "--data", str(folder / "train.jsonl"), "--valid",
+            str(folder / "valid.jsonl"), "--out", str(folder / "out"), "--steps", "1", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"mlxllm finetune: error: batch_size 16 × rows of 6,0\d\d tokens \(the longest conversation, "
+                        r".*train\.jsonl:3\) needs about [\d,.]+ GiB for one training step, more than the 8\.0 GiB this "
+                        r"machine has; shorten or remove the longest conversations \(--max-tokens N names any over N "
+                        r"tokens\), or use a smaller --batch-size\n", err), err
+    assert main(args + ["--max-tokens", "512"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"mlxllm finetune: error: .*train\.jsonl:3: the conversation is 6,0\d\d tokens, a row of "
+                        r"6,0\d\d, longer than --max-tokens 512; shorten or remove it, or raise --max-tokens\n", err), err
+
+
+def test_ctrl_c_during_finetune_saves_the_adapters_and_names_finetune(long_context_chat_model, monkeypatch, capsys):
+    import signal
+
+    import mlxllm.training as training
+    from mlxllm.cli import main
+    from mlxllm.lora import load_adapters, read_adapter_config
+    from mlxllm.pretrained.hf import model_from_hf
+
+    folder = long_context_chat_model
+    sft.write_jsonl(tasks.date_splits({"train": 8}, seed=0)["train"], folder / "train.jsonl")
+    launch = training.Trainer._launch
+
+    def launch_then_signal(self, step):
+        launched = launch(self, step)
+        if step == 2:  # as Ctrl-C would, while step 2 runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return launched
+
+    monkeypatch.setattr(training.Trainer, "_launch", launch_then_signal)
+    out = folder / "out"
+    assert main(["finetune", str(folder / "tiny"), "--data", str(folder / "train.jsonl"), "--valid",
+                 str(folder / "valid.jsonl"), "--out", str(out), "--steps", "50", "--batch-size", "2", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"mlxllm finetune: stopped by SIGINT at step 2; the adapters of step 2 are in {out} "), err
+    assert read_adapter_config(out)["steps"] == 2
+    load_adapters(model_from_hf(folder / "tiny"), out)  # whole and verified
+
+
+def test_cli_adapter_files_that_are_missing_damaged_or_of_another_model_are_one_line(long_context_chat_model):
+    folder = long_context_chat_model
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+
+    def mlxllm_cli(*args):
+        return subprocess.run([sys.executable, "-m", "mlxllm.cli", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    def one_line(result, message):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+    out = folder / "adapters"
+    one_line(mlxllm_cli("generate", folder / "tiny", "--adapter", out, "--max-new-tokens", "1"), "holds no LoRA adapters")
+    sft.write_jsonl(tasks.date_splits({"train": 8}, seed=0)["train"], folder / "train.jsonl")
+    assert mlxllm_cli("finetune", folder / "tiny", "--data", folder / "train.jsonl", "--valid", folder / "valid.jsonl",
+                      "--out", out, "--steps", "1", "--batch-size", "2", "--quiet").returncode == 0
+    other = TransformerLM(ModelConfig.llama(vocab_size=49152, context_length=8192, dims=32, n_layers=2, n_heads=4,
+                                            n_kv_heads=2, ffn_dims=64))  # the same sizes, other weights
+    mlxllm.save_pretrained(randomize(other, seed=3), mlxllm.load_pretrained(folder / "tiny")[1], folder / "other")
+    one_line(mlxllm_cli("generate", folder / "other", "--adapter", out, "--max-new-tokens", "1"),
+             "were trained on another base model")
+    file = out / "adapters.safetensors"
+    file.write_bytes(file.read_bytes()[:-100])
+    one_line(mlxllm_cli("chat", folder / "tiny", "--adapter", out, "--max-new-tokens", "1"), "damaged or incomplete")

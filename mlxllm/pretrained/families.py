@@ -9,6 +9,7 @@ table and metadata reader. A third family is one more entry in ``FAMILIES``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -44,8 +45,12 @@ class Family:
 
 
 def _positive_theta(theta: float, where: str) -> float:
-    if not theta > 0:
-        raise ValueError(f"{where} rope theta must be positive, got {theta}; the file is damaged "
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ValueError(f"{where} rope theta must be a number, got {theta!r}; the file is "
+                         "damaged or not a LLaMA model")
+    if not (math.isfinite(theta) and theta > 0):
+        rule = "be positive" if math.isfinite(theta) or theta < 0 else "be finite"
+        raise ValueError(f"{where} rope theta must {rule}, got {theta}; the file is damaged "
                          "or not a LLaMA model")
     return float(theta)
 
@@ -235,10 +240,17 @@ def llama_config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
             raise ValueError(f"the GGUF metadata has no 'llama.{key}'; the file is incomplete")
         value = value.item() if isinstance(value, mx.array) else value
         # float32 1e-5, not 9.9999997e-06
-        return float(f"{value:.7g}") if isinstance(value, float) else value
+        return float(f"{value:.7g}") if isinstance(value, float) and math.isfinite(value) else value
 
-    n_heads = get("attention.head_count")
-    dims = get("embedding_length")
+    def size(key, default=None) -> int:
+        value = get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"the GGUF metadata's llama.{key} is {value!r}, not a positive "
+                             "integer; the file is damaged or not a LLaMA model")
+        return value
+
+    n_heads = size("attention.head_count")
+    dims = size("embedding_length")
     if get("rope.dimension_count", dims // n_heads) != dims // n_heads:
         raise ValueError(f"unsupported llama.rope.dimension_count={get('rope.dimension_count')}: "
                          "RoPE over part of a head is not implemented "
@@ -246,11 +258,11 @@ def llama_config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
     if (scaling := get("rope.scaling.type", "none")) != "none":
         raise ValueError(f"unsupported RoPE scaling {scaling!r} in the GGUF metadata; only plain "
                          "RoPE is implemented")
-    vocab_size = get("vocab_size", len(meta.get("tokenizer.ggml.tokens") or []) or None)
+    vocab_size = size("vocab_size", len(meta.get("tokenizer.ggml.tokens") or []) or None)
     return ModelConfig.llama(
-        vocab_size=vocab_size, context_length=get("context_length"), dims=dims,
-        n_layers=get("block_count"), n_heads=n_heads,
-        n_kv_heads=get("attention.head_count_kv", n_heads), ffn_dims=get("feed_forward_length"),
+        vocab_size=vocab_size, context_length=size("context_length"), dims=dims,
+        n_layers=size("block_count"), n_heads=n_heads,
+        n_kv_heads=size("attention.head_count_kv", n_heads), ffn_dims=size("feed_forward_length"),
         rope_theta=_positive_theta(get("rope.freq_base", 10000.0),
                                    "the GGUF file's llama.rope.freq_base:"),
         norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),

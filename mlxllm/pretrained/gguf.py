@@ -146,8 +146,11 @@ def model_from_gguf(path: str | Path, dtype: mx.Dtype | str | None = None,
         readable = [name for name, f in FAMILIES.items() if f.config_from_gguf]
         raise ValueError(f"{path}: GGUF architecture {architecture!r} is not supported; "
                          f"supported: {readable}")
-    config = family.config_from_gguf(metadata, set(weights))
+    try:
+        config = family.config_from_gguf(metadata, set(weights))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     # unknown keys: reported as they are
     source = {rename(key, family.gguf_names) or key: key for key in weights}
     weights = {ours: weights[key] for ours, key in source.items()}
-    return build_model(config, family.sanitize_gguf(weights, config), source, dtype)
+    return build_model(config, family.sanitize_gguf(weights, config), source, dtype, path)

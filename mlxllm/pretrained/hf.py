@@ -8,10 +8,12 @@ and name table), and the checked tensors into a fresh model (``build_model``, sh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,7 +22,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxllm.config import ModelConfig
 from mlxllm.files import replace_file
-from mlxllm.model import QUANTIZED, TransformerLM
+from mlxllm.model import QUANTIZED, TransformerLM, check_block_names
 from mlxllm.pretrained.families import FAMILIES, family_for_model_type, rename
 
 # config.json's torch_dtype names (also load_pretrained's dtype=) → MLX dtypes
@@ -103,6 +105,8 @@ def read_config(folder: Path) -> ModelConfig:
                          f"{hf.get('model_type')} config needs") from None
     except TypeError as error:
         raise ValueError(f"{path} has a value of the wrong type ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -186,14 +190,18 @@ def _quantized_layouts(model: TransformerLM, weights: dict[str, mx.array],
 
 
 def build_model(config: ModelConfig, weights: dict[str, mx.array], source: dict[str, str],
-                dtype: mx.Dtype | None = None) -> TransformerLM:
+                dtype: mx.Dtype | None = None,
+                where: str | Path = "the checkpoint") -> TransformerLM:
     """A ``TransformerLM`` holding exactly ``weights`` (our names), checked first.
 
     Built in Chapter 7. Quantized layers stay quantized (nn.quantize with each layer's own group
     size and bits) unless ``dtype`` is given: then they are dequantized and every tensor is cast to
     ``dtype``.
     """
-    # its random init is lazy and never computed: every parameter is replaced
+    # first, cheaply: the checkpoint's blocks are the config's (a damaged config could ask for a
+    # million of them); the model's random init is lazy and never computed: every parameter is
+    # replaced
+    check_block_names(config, weights, str(where))
     model = TransformerLM(config)
     layouts = _quantized_layouts(model, weights, source)
     for name, value in weights.items():
@@ -280,8 +288,35 @@ def model_from_hf(folder: str | Path, dtype: mx.Dtype | str | None = None) -> Tr
     tokenizer)."""
     dtype, folder = dtype_of(dtype), Path(folder)
     config = read_config(folder)
-    weights, source = weights_from_hf(read_weights(checkpoint_files(folder)), config)
-    return build_model(config, weights, source, dtype)
+    untied = dataclasses.replace(config, tie_embeddings=False)  # every tensor, lm_head included
+    weights, source = weights_from_hf(read_weights(checkpoint_files(folder)), untied)
+    config = tie_as_transformers(config, weights, source, folder)
+    return build_model(config, weights, source, dtype, folder)
+
+
+def tie_as_transformers(config: ModelConfig, weights: dict[str, mx.array], source: dict[str, str],
+                        where: str | Path) -> ModelConfig:
+    """A tied config read as transformers reads it (``PreTrainedModel.tie_weights``): an lm_head
+    equal to the embedding is the tied head itself (dropped), a distinct one is kept and the model
+    untied, with a warning; a lone lm_head stands in for the missing embedding. Chapter 7."""
+    head = sorted(name for name in weights if name.startswith("head."))
+    if not (config.tie_embeddings and head):
+        return config
+    pairs = {name: f"token_embedding.{name.removeprefix('head.')}" for name in head}
+    if not any(embedding in weights for embedding in pairs.values()):  # only the head was stored
+        for name, embedding in pairs.items():
+            weights[embedding], source[embedding] = weights.pop(name), source.pop(name)
+    elif all(embedding in weights and weights[name].shape == weights[embedding].shape
+             and mx.array_equal(weights[name], weights[embedding]).item()
+             for name, embedding in pairs.items()):
+        for name in head:  # a copy of the embedding
+            del weights[name], source[name]
+    else:
+        warnings.warn(f"{where}: config.json says tie_word_embeddings=true but the weights hold an "
+                      "lm_head.weight that differs from the embedding; it is kept untied, as "
+                      "transformers does", stacklevel=3)
+        return dataclasses.replace(config, tie_embeddings=False)
+    return config
 
 
 def _quantization(model: TransformerLM) -> dict | None:
