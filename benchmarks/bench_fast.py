@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the JSON file to write")
     parser.add_argument("--quick", action="store_true", help="the anatomy only (no benchmarks)")
     parser.add_argument("--no-train", action="store_true", help="leave bench_train.py out")
+    parser.add_argument("--no-random-checkpoint", action="store_true",
+                        help="leave bench_pretrained.py's random 48M checkpoint out (SmolLM2 stays)")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
@@ -91,6 +93,9 @@ def main() -> None:
                     ["bench_pretrained.py", "--smollm2", "--dtype", "4bit"],
                     ["bench_train.py", "--preset", "shakespeare-char", "--bf16"]):
         if args.no_train and command[0] == "bench_train.py":
+            continue
+        if args.no_random_checkpoint and command[0] == "bench_pretrained.py" \
+                and "--smollm2" not in command:
             continue
         part = run(*command)
         report["benchmarks"].append(part)
