@@ -127,11 +127,16 @@ def test_load_jsonl_reports_bad_lines(tmp_path):
         sft.load_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_cli_finetune_then_chat_with_the_adapter(tmp_path, tokenizer):
+def save_tiny_chat_model(folder, tokenizer, context_length: int) -> None:
+    """A tiny seeded LLaMA-style model with ``tokenizer``, saved as a Hugging Face folder."""
     mx.random.seed(0)
-    tiny = TransformerLM(ModelConfig.llama(vocab_size=tokenizer.vocab_size, context_length=256, dims=32,
-                                           n_layers=2, n_heads=4, n_kv_heads=2, ffn_dims=64))
-    mlxllm.save_pretrained(tiny, tokenizer, tmp_path / "tiny")
+    tiny = TransformerLM(ModelConfig.llama(vocab_size=tokenizer.vocab_size, context_length=context_length,
+                                           dims=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dims=64))
+    mlxllm.save_pretrained(tiny, tokenizer, folder)
+
+
+def test_cli_finetune_then_chat_with_the_adapter(tmp_path, tokenizer):
+    save_tiny_chat_model(tmp_path / "tiny", tokenizer, context_length=256)
     splits = tasks.date_splits({"train": 8, "valid": 2, "test": 3}, seed=0)
     for name, conversations in splits.items():
         sft.write_jsonl(conversations, tmp_path / f"{name}.jsonl")
@@ -193,10 +198,7 @@ def test_a_batch_is_cut_to_its_longest_row_so_one_long_conversation_pads_only_it
 @pytest.fixture
 def long_context_chat_model(tmp_path, tokenizer):
     """A tiny chat model (SmolLM2's tokenizer) with room for long conversations, and data with one of ~6,000 tokens."""
-    mx.random.seed(0)
-    tiny = TransformerLM(ModelConfig.llama(vocab_size=tokenizer.vocab_size, context_length=8192, dims=32,
-                                           n_layers=2, n_heads=4, n_kv_heads=2, ffn_dims=64))
-    mlxllm.save_pretrained(tiny, tokenizer, tmp_path / "tiny")
+    save_tiny_chat_model(tmp_path / "tiny", tokenizer, context_length=8192)
     splits = tasks.date_splits({"train": 8, "valid": 2, "test": 1}, seed=0)
     long = [{"role": "user", "content": "Say it."}, {"role": "assistant", "content": "word " * 6000}]
     sft.write_jsonl(splits["train"][:2] + [long] + splits["train"][2:], tmp_path / "train.jsonl")
